@@ -1,0 +1,1 @@
+"""ggtalker_jax.watermark."""

@@ -1,0 +1,1 @@
+"""Pallas kernels for the Gaussian rasterizer (installed as `ggtalker_jax.kernels`)."""
