@@ -208,3 +208,21 @@ def test_fps_breakdown_with_fake_clock():
     # two clock reads per stage, 1 ms apart, over 4 iters -> 0.25 ms each
     assert out["a_ms"] == pytest.approx(0.25) and out["b_ms"] == pytest.approx(0.25)
     assert out["total_ms"] == pytest.approx(0.5) and out["fps"] == pytest.approx(2000.0)
+
+
+# ---------------------------------------------------------------- real frames (MediaPipe)
+def test_lmd_from_frames_on_real_video(shared_data):
+    import imageio.v3 as iio
+    frames = []
+    for i, f in enumerate(iio.imiter(shared_data / "retalking_face1_6s.mp4")):
+        if i == 6:
+            break
+        frames.append(f[::2, ::2])                         # 350x350 keeps it quick
+    frames = np.stack(frames)
+    lm = metrics.face_mesh_landmarks(frames)
+    assert lm.shape == (6, 478, 3) and np.all(np.isfinite(lm))
+    opening = metrics.mouth_opening(lm)
+    assert np.all((opening >= 0) & (opening < 1.5))
+    assert metrics.lmd_from_frames(frames, frames) == pytest.approx(0.0, abs=1e-9)
+    shifted = np.roll(frames, 3, axis=2)                   # content moves 3 px right
+    assert metrics.lmd_from_frames(shifted, frames) == pytest.approx(3.0, abs=0.5)
