@@ -44,8 +44,8 @@ class InvisibleConfig:
     work_size: int = 256          # side of the normalised working domain [S, S]
     block: int = 8                # DCT block side
     band: tuple[tuple[int, int], ...] = dataclasses.field(default_factory=_default_band)
-    strength: float = 2.0         # minimum per-bit projection after embedding (luma levels)
-    host_rejection: float = 1.0   # ISS lambda: 0 = plain spread spectrum, 1 = full host rejection
+    strength: float = 3.0         # minimum per-bit projection after embedding (luma levels)
+    host_rejection: float = 0.5   # ISS lambda: 0 = plain spread spectrum, 1 = full host rejection
     passes: int = 2               # embed passes (later ones top up bits lost to rounding/clipping)
     seed: int = 0x6774616C        # public seed of the carrier interleaving and chips
     crop_scales: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8)  # per-axis kept fraction searched
@@ -108,7 +108,7 @@ def block_idct(coeffs: np.ndarray) -> np.ndarray:
     """[S/b, S/b, b, b] -> [S, S]; inverse of `block_dct`."""
     nb_y, nb_x, block, _ = coeffs.shape
     d = _dct_matrix(block)
-    blocks = np.einsum("ku,yxuv,lv->yxkl", d, coeffs, d, optimize=True)
+    blocks = np.einsum("uk,yxuv,vl->yxkl", d, coeffs, d, optimize=True)
     return blocks.transpose(0, 2, 1, 3).reshape(nb_y * block, nb_x * block)
 
 
@@ -186,8 +186,9 @@ class CodewordDetection:
 
     message: decoded message bytes (CRC verified and sync word matched) or None.
     soft: [n_bits] frame-averaged per-bit projections (sign = bit) at the chosen alignment.
-    raw_bit_error_rate: mean over frames of the per-frame hard-decision error rate against the
-        decoded codeword (against the frame-averaged hard bits when nothing decoded).
+    raw_bit_error_rate: mean over frames of the per-frame hard-decision (pre-Viterbi) error rate
+        against the re-encoded decoded codeword (against the frame-averaged hard bits when nothing
+        decoded).
     confidence: mean |soft| / (per-bit noise std), a signal-to-noise ratio of the aggregated bits.
     alignment: (scale_y, scale_x, offset_y, offset_x) in working pixels; (1, 1, 0, 0) = no crop.
     """
@@ -220,8 +221,10 @@ def _decode_at(lumas, config, layout, message_bytes, alignment) -> CodewordDetec
     per_frame = np.stack([_bit_projection(x, layout, weight)[0] for x in carriers])  # [T, n_bits]
     soft = per_frame.mean(axis=0)
     hard = (soft > 0).astype(np.uint8)
-    message = coding.decode_codeword(hard, message_bytes)
     sync_ok = int(np.sum(hard[:coding.SYNC_BITS.size] == coding.SYNC_BITS)) >= config.min_sync_agreement
+    message = coding.decode_codeword(soft / (np.abs(soft).mean() + 1e-9), message_bytes)
+    if message is not None:  # raw error rates are measured against the re-encoded decoded codeword
+        hard = coding.encode_codeword(message)
     if not sync_ok:
         message = None
     raw_ber = float(np.mean((per_frame > 0).astype(np.uint8) != hard[None]))
