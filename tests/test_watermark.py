@@ -269,3 +269,16 @@ def test_cli_exit_codes_and_chain(marked_mp4, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GGTALKER_WATERMARK_KEY", OTHER_KEY.secret.hex())
     assert cli.main(["detect", str(remarked)]) == 4
     assert cli.main(["detect", str(tmp_path / "missing.mp4")]) == 1
+
+
+def test_ed25519_frames_need_the_metadata_record(marked):
+    frames, _ = marked
+    signer = Ed25519Signer.from_private_bytes(bytes(range(32)))
+    record = signer.sign(payload(visible=False))
+    out = embed_frames(frames[:6], record, signer, visible=False)
+    verifier = Ed25519Signer.from_public_hex(record.public_key)
+    assert detect_frames(out, verifier, record).valid
+    alone = detect_frames(out, verifier)  # a 32-bit tag cannot carry a public-key signature
+    assert alone.present and not alone.valid and "metadata" in alone.reason
+    other = Ed25519Signer.from_private_bytes(bytes(range(1, 33)))
+    assert not detect_frames(out, other, record).valid
