@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from ggtalker_jax.watermark import (Ed25519Signer, HmacSigner, Payload, SignedRecord, VisibleMarkConfig,
-                                    cli, coding, detect_frames, detect_video, draw_visible_mark,
+                                    coding, detect_frames, detect_video, draw_visible_mark,
                                     embed_frames, invisible, load_key, mark_video)
 from ggtalker_jax.watermark import _video_io
+from ggtalker_jax import cli as ggtalker_cli
 from ggtalker_jax.watermark.visible import mark_box
 
 KEY = HmacSigner(bytes(range(32)))
@@ -254,21 +255,21 @@ def test_real_video_survives_crf28_then_half_rescale(shared_data, tmp_path):
 def test_cli_exit_codes_and_chain(marked_mp4, tmp_path, capsys, monkeypatch):
     src, out, record = marked_mp4
     monkeypatch.setenv("GGTALKER_WATERMARK_KEY", KEY.secret.hex())
-    assert cli.main(["detect", str(out)]) == 0
+    assert ggtalker_cli.main(["watermark", "detect", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["valid"] and printed["payload"]["subject_hash"] == record.payload.subject_hash
-    assert cli.main(["detect", str(src)]) == 3
+    assert ggtalker_cli.main(["watermark", "detect", str(src)]) == 3
     assert "no ggtalker watermark" in capsys.readouterr().err
     # re-mark the marked video (an edit + re-render): the new record chains the old digest
     remarked = tmp_path / "remarked.mp4"
-    assert cli.main(["embed", str(out), str(remarked), "--subject-id", "editor", "--no-visible-mark"]) == 0
+    assert ggtalker_cli.main(["watermark", "embed", str(out), str(remarked), "--subject-id", "editor", "--no-visible-mark"]) == 0
     capsys.readouterr()
-    assert cli.main(["detect", str(remarked)]) == 0
+    assert ggtalker_cli.main(["watermark", "detect", str(remarked)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["payload"]["chain"] == [record.digest()] and printed["payload"]["visible_mark"] is False
     monkeypatch.setenv("GGTALKER_WATERMARK_KEY", OTHER_KEY.secret.hex())
-    assert cli.main(["detect", str(remarked)]) == 4
-    assert cli.main(["detect", str(tmp_path / "missing.mp4")]) == 1
+    assert ggtalker_cli.main(["watermark", "detect", str(remarked)]) == 4
+    assert ggtalker_cli.main(["watermark", "detect", str(tmp_path / "missing.mp4")]) == 1
 
 
 def test_ed25519_frames_need_the_metadata_record(marked):

@@ -45,7 +45,9 @@ def build_parser(prog: str = "ggtalker watermark") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """argv[0] is the program name (as `ggtalker`'s dispatcher and sys.argv give it)."""
+    argv = list(sys.argv if argv is None else argv)
+    args = build_parser(prog=argv[0] if argv else "ggtalker watermark").parse_args(argv[1:])
     try:
         key = load_key(args.key_type, args.key_file)
         if args.command == "detect":
