@@ -207,14 +207,25 @@ def reference_uv_input(static: AvatarStatic, image, vertices, K):
     return out.at[rows, cols, 6].set(1.0)
 
 
-def generate_uv_maps(params: dict, static: AvatarStatic, uv_input):
-    """Generator (eval-mode BatchNorm) + the identity's UV refinement: uv_input [R, R, Cin] -> dict of
-    [R, R, k] maps (offset, scale, rotation, opacity, sh0, feature)."""
+def generate_uv_maps(params: dict, static: AvatarStatic, uv_input, train: bool = False):
+    """Generator + the identity's UV refinement: uv_input [R, R, Cin] (or a batch [B, R, R, Cin]) -> dict
+    of [R, R, k] (or [B, R, R, k]) maps (offset, scale, rotation, opacity, sh0, feature).
+
+    train=False uses the stored BatchNorm statistics (adaptation, rendering); train=True (prior training)
+    normalises with the batch's statistics and returns (maps, new_generator_stats).
+    """
     _, gen, _, _ = networks(static.config)
-    maps = gen.apply({"params": params["generator"], "batch_stats": params["generator_stats"]},
-                     uv_input[None], train=False)
-    maps = {k: v[0] for k, v in maps.items()}
-    return apply_uv_delta(maps, params.get("uv_delta"))
+    batched = uv_input.ndim == 4
+    x = uv_input if batched else uv_input[None]
+    variables = {"params": params["generator"], "batch_stats": params["generator_stats"]}
+    if train:
+        maps, updates = gen.apply(variables, x, train=True, mutable=["batch_stats"])
+    else:
+        maps, updates = gen.apply(variables, x, train=False), None
+    if not batched:
+        maps = {k: v[0] for k, v in maps.items()}
+    maps = apply_uv_delta(maps, params.get("uv_delta"))
+    return (maps, updates["batch_stats"]) if train else maps
 
 
 def apply_uv_delta(maps: dict, delta: dict | None) -> dict:
@@ -273,14 +284,16 @@ def dilate_mask(mask, pixels: int):
     return jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, 1, 1, 1), "SAME")
 
 
-def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks):
+def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks,
+                  train: bool = False):
     """Renders a batch of frames of one identity.
 
     frame: per-frame head parameters (see `posed_vertices`), leading dim B.
     K [3, 3]: intrinsics of the prepared crop. frames [B, H, W, 3] in [0, 1]: the original frames (only
     their body/background is used: the dilated head region is masked out). head_masks [B, H, W, 1].
     Returns dict: `image` [B, H, W, 3] (inpainter output), `head_rgb` [B, H, W, 3] (render over black),
-    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr], `inpaint_mask` [B, H, W, 1].
+    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr], `inpaint_mask` [B, H, W, 1], and with
+    train=True (prior training: BatchNorm on batch statistics) `inpainter_stats`, the updated statistics.
     """
     cfg = static.config
     s = cfg.image_size
@@ -300,7 +313,12 @@ def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict
     masked = frames * (1.0 - mask)
     _, _, _, inp = networks(cfg)
     fr = cfg.models.inpainter.render_feature_dim
-    image = inp.apply({"params": params["inpainter"], "batch_stats": params["inpainter_stats"]},
-                      jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, masked, mask, train=False)
-    return {"image": image, "head_rgb": head_rgb, "head_alpha": alphas, "head_features": head_feat,
-            "inpaint_mask": mask}
+    variables = {"params": params["inpainter"], "batch_stats": params["inpainter_stats"]}
+    args = (jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, masked, mask)
+    out = {"head_rgb": head_rgb, "head_alpha": alphas, "head_features": head_feat, "inpaint_mask": mask}
+    if train:
+        out["image"], updates = inp.apply(variables, *args, train=True, mutable=["batch_stats"])
+        out["inpainter_stats"] = updates["batch_stats"]
+    else:
+        out["image"] = inp.apply(variables, *args, train=False)
+    return out

@@ -1,0 +1,125 @@
+"""The Expression-Visual prior: Identity-Gaussian Generator + colour MLP + Body Inpainter over many
+identities, so that one reference image already gives a good UV Gaussian head (GGTalker section 3).
+
+One step: for each sampled identity, its reference frame (unwrapped to UV) goes through the generator
+(BatchNorm on batch statistics), the Gaussians are bound to the tracked mesh of other frames of the same
+identity, rendered, and inpainted into those frames' bodies/backgrounds; the loss is
+`losses.photometric_loss` (L1 + 0.2 D-SSIM, mouth-weighted when a mouth mask is given) on the final frame
+and on the head render inside the head mask, plus offset and scale regularisers.
+
+`train_small_priors` also fits a small A2E prior on the same subjects (diffusion + expression losses) so
+the demo has complete priors in minutes on a CPU; the full-size A2E prior has its own trainer
+(`ggtalker_jax.train.a2e_prior`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ggtalker_jax import avatar as avatar_lib
+from ggtalker_jax.models import diffusion
+from ggtalker_jax.train import losses
+from ggtalker_jax.train import priors as priors_lib
+from ggtalker_jax.train.subject import SubjectData
+
+log = logging.getLogger(__name__)
+
+EV_GROUPS = ("generator", "color_mlp", "inpainter")
+
+
+@dataclasses.dataclass(frozen=True)
+class EVPriorConfig:
+    learning_rate: float = 3e-3
+    batch_size: int = 2           # frames rendered per step
+    window: int = 16              # A2E window when the A2E is trained alongside
+    w_head_render: float = 1.0
+    w_offset: float = 0.1
+    w_scale: float = 0.1
+    max_scale: float = 2.0        # generator scale units (local triangle size)
+    train_a2e: bool = True
+    seed: int = 0
+
+
+def make_step(static, config: EVPriorConfig, trainable: tuple[str, ...]):
+    """A jitted step(params, opt_state, rng, batch, uv_input, K) -> (params, opt_state, metrics)."""
+    a2e_module = avatar_lib.networks(static.config)[0]
+    schedule = diffusion.cosine_schedule(static.config.models.a2e.num_train_steps)
+    tx = optax.multi_transform(
+        {"train": optax.chain(optax.clip_by_global_norm(1.0), optax.adam(config.learning_rate)),
+         "frozen": optax.set_to_zero()},
+        lambda p: {k: jax.tree.map(lambda _: "train" if k in trainable else "frozen", v) for k, v in p.items()})
+
+    def loss_fn(params, rng, batch, uv_input, K):
+        sel = batch["render_pick"]
+        frame = {"expression53": batch["expression53"][sel],
+                 **{k: batch[k][sel] for k in ("global_rot", "translation", "eye_pose", "neck_pose")}}
+        uv_maps, gen_stats = avatar_lib.generate_uv_maps(params, static, uv_input, train=True)
+        out = avatar_lib.render_frames(params, static, uv_maps, frame, K, batch["frames"], batch["head_masks"],
+                                       train=True)
+        gt = batch["frames"]
+        l_img, parts = losses.photometric_loss(out["image"], gt)
+        head_comp = out["head_rgb"] + (1.0 - out["head_alpha"]) * gt * (1.0 - batch["head_masks"])
+        l_head, _ = losses.photometric_loss(head_comp, gt, valid_mask=batch["head_masks"])
+        reg = (config.w_offset * losses.offset_regularizer(uv_maps["offset"], 0.2)
+               + config.w_scale * losses.scale_regularizer(uv_maps["scale"], config.max_scale))
+        total = l_img + config.w_head_render * l_head + reg
+        metrics = {"l1": parts["l1"], "dssim": parts["dssim"], "head": l_head,
+                   "psnr": -10.0 * jnp.log10(jnp.mean(jnp.square(out["image"] - gt)) + 1e-10)}
+        if "a2e" in trainable:
+            tgt = diffusion.training_targets(schedule, batch["expression53"][None], rng, cond_drop_prob=0.1)
+            x0 = a2e_module.apply({"params": params["a2e"]}, tgt["noisy"], tgt["timestep"], batch["audio"][None],
+                                  None, jnp.zeros((1,), jnp.int32), tgt["cond_mask"])
+            l_a2e, a2e_parts = losses.a2e_loss(x0, batch["expression53"][None])
+            total = total + l_a2e
+            metrics.update({f"a2e_{k}": v for k, v in a2e_parts.items()})
+        metrics["loss"] = total
+        return total, (metrics, gen_stats, out["inpainter_stats"])
+
+    @jax.jit
+    def step(params, opt_state, rng, batch, uv_input, K):
+        (_, (metrics, gen_stats, inp_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, rng, batch, uv_input, K)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        params = {**params, "generator_stats": gen_stats, "inpainter_stats": inp_stats}
+        return params, opt_state, metrics
+
+    return tx, step
+
+
+def train_small_priors(priors_dir: str, subject_dirs: list[str], avatar_config: avatar_lib.AvatarConfig,
+                       num_steps: int = 150, config: EVPriorConfig = EVPriorConfig(), progress: bool = True) -> dict:
+    """Trains small EV (+ A2E) priors on prepared subjects and saves them to `priors_dir`."""
+    static = avatar_lib.AvatarStatic.build(avatar_config)
+    subjects = [SubjectData.load(d, static) for d in subject_dirs]
+    params = avatar_lib.init_network_params(jax.random.PRNGKey(config.seed), avatar_config)
+    trainable = EV_GROUPS + (("a2e",) if config.train_a2e else ())
+    tx, step = make_step(static, config, trainable)
+    opt_state = tx.init(params)
+    rng = jax.random.PRNGKey(config.seed)
+    np_rng = np.random.default_rng(config.seed)
+    history = []
+    t0 = time.monotonic()
+    for i in tqdm(range(num_steps), desc="small priors", disable=not progress, unit="step"):
+        subject = subjects[i % len(subjects)]
+        batch = subject.sample_batch(np_rng, config.window, config.batch_size)
+        rng, k = jax.random.split(rng)
+        params, opt_state, metrics = step(params, opt_state, k, batch, subject.uv_input, subject.K)
+        metrics = {key: float(v) for key, v in metrics.items()}
+        if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"prior training: loss became {metrics['loss']} at step {i}")
+        history.append(metrics)
+    provenance = {"ev": {"steps": num_steps, "subjects": [os.path.abspath(d) for d in subject_dirs],
+                         "seconds": round(time.monotonic() - t0, 1), "final": history[-1] if history else {}}}
+    if config.train_a2e:
+        provenance["a2e"] = {"steps": num_steps, "trained_with": "ev_prior.train_small_priors"}
+    priors_lib.save_priors(priors_dir, params, avatar_config, provenance)
+    return {"history": history, **provenance}
