@@ -36,6 +36,8 @@ class LandmarkerConfig:
     min_tracking_confidence: float = 0.5
     roi_margin: float = 1.0  # ROI half-size around the previous face, in face sizes (tracking small faces)
     tile_fallback: bool = True
+    min_tile_px: int = 192  # smaller tiles give false detections in texture/noise
+    min_face_px: float = 24.0  # detections with a smaller landmark extent are rejected as false positives
 
 
 class FaceLandmarker:
@@ -46,16 +48,17 @@ class FaceLandmarker:
 
     def __init__(self, config: LandmarkerConfig = LandmarkerConfig()):
         self.config = config
-        self._mesh = self._new_mesh(config.static_image_mode)
+        self._mesh = self._new_mesh(config, config.static_image_mode)
         self._still = None  # static-image mesh for ROI / tile retries (created lazily)
         self._prev_box: tuple[int, int, int] | None = None  # (x0, y0, size) of the last ROI that worked
 
     @staticmethod
-    def _new_mesh(static: bool):
+    def _new_mesh(config: LandmarkerConfig, static: bool):
         import mediapipe as mp
 
         return mp.solutions.face_mesh.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=True,
-                                               min_detection_confidence=0.5, min_tracking_confidence=0.5)
+                                               min_detection_confidence=config.min_detection_confidence,
+                                               min_tracking_confidence=config.min_tracking_confidence)
 
     def __enter__(self) -> "FaceLandmarker":
         return self
@@ -75,12 +78,15 @@ class FaceLandmarker:
             return None
         h, w = image.shape[:2]
         pts = np.array([(p.x, p.y, p.z) for p in res.multi_face_landmarks[0].landmark], np.float32)
-        return pts * np.array([w, h, w], np.float32)
+        pts = pts * np.array([w, h, w], np.float32)
+        if np.max(np.ptp(pts[:, :2], axis=0)) < self.config.min_face_px:
+            return None  # implausibly small "face" (false positive on texture)
+        return pts
 
     def _run_box(self, frame: np.ndarray, box: tuple[int, int, int]) -> np.ndarray | None:
         """Run the static mesh on the square ``(x0, y0, size)`` of `frame` (zero-padded at borders)."""
         if self._still is None:
-            self._still = self._new_mesh(True)
+            self._still = self._new_mesh(self.config, True)
         x0, y0, s = box
         h, w = frame.shape[:2]
         crop = np.zeros((s, s, 3), np.uint8)
@@ -94,9 +100,10 @@ class FaceLandmarker:
         return pts + np.array([x0, y0, 0.0], np.float32)
 
     def _tiles(self, h: int, w: int) -> list[tuple[int, int, int]]:
-        """Overlapping squares of side min(h, w)/2 and min(h, w) covering the frame (half-side stride)."""
+        """Overlapping squares of side min(h, w) and min(h, w)/2 (if >= min_tile_px) covering the frame."""
         boxes = []
-        for side in (min(h, w), min(h, w) // 2):
+        sides = [s for s in (min(h, w), min(h, w) // 2) if s >= self.config.min_tile_px]
+        for side in sides:
             stride = max(side // 2, 1)
             for y0 in range(0, max(h - side, 0) + 1, stride):
                 for x0 in range(0, max(w - side, 0) + 1, stride):
