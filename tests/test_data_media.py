@@ -83,3 +83,16 @@ def test_read_real_vfr_and_hevc(shared_data):
     first = next(hevc)
     hevc.close()
     assert first.shape == (1920, 1080, 3) and first.std() > 10
+
+
+def test_write_mp4_audio_from_path(tmp_path):
+    from ggtalker_jax.audio.io import write_wav
+
+    sr = 16000
+    write_wav(tmp_path / "a.wav", 0.2 * np.sin(np.arange(sr) * 0.3), sr)
+    out = tmp_path / "p.mp4"
+    media.write_mp4(out, _frames(20, 16, 16), fps=25, audio=tmp_path / "a.wav")
+    audio, _ = load_audio(out)
+    assert media.probe_video(out).has_audio and audio.size / sr == pytest.approx(0.8, abs=0.07)
+    with pytest.raises(MediaError, match="nope.wav: file not found"):
+        media.write_mp4(tmp_path / "q.mp4", _frames(2), audio=tmp_path / "nope.wav")
