@@ -95,3 +95,22 @@ def test_prepare_short_clip_and_lost_frames(shared_data, tmp_path):
                     audio=(wav[: int(1.6 * sr)], sr), preset="ultrafast")
     with pytest.raises(MediaError, match="face lost in 75% of frames"):
         ingest.prepare(long_gap, tmp_path / "long_ds", size=64, progress=False)
+
+
+def test_prepare_cli(shared_data, tmp_path, capsys):
+    from ggtalker_jax import cli
+
+    feats = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)  # 1.2 s at 50 Hz
+    np.save(tmp_path / "hubert.npy", feats)
+    rc = cli.main(["prepare", "--video", str(shared_data / "retalking_face3_5s.mp4"), "--out", str(tmp_path / "d"),
+                   "--size", "64", "--max_seconds", "1.2", "--features", str(tmp_path / "hubert.npy"),
+                   "--noprogress", "--preview", str(tmp_path / "prev")])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 30
+    data = ds.PreparedDataset(tmp_path / "d")
+    assert data.audio_features.shape == (30, 8) and data.meta["features"]["kind"] == "external"
+    np.testing.assert_allclose(data.audio_features[5], 0.5 * (feats[10] + feats[11]), atol=1e-5)
+    assert len(list((tmp_path / "prev").glob("*.png"))) == 3
+    assert cli.main(["prepare", "--video", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "e"),
+                     "--noprogress"]) == 1
+    assert "none.mp4: file not found" in capsys.readouterr().err

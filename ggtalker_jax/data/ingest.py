@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -258,3 +259,47 @@ def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, ind
         cv2.imwrite(str(path), img)
         paths.append(path)
     return paths
+
+
+def main(argv: list[str]) -> int:
+    """``ggtalker prepare --video IN.mp4 --out DIR [--size 512] [--fps 25] [--features logmel|F.npy] ...``.
+
+    Prints the summary as JSON; on bad input prints the error (which names the file and the fix) and
+    returns 1.
+    """
+    from absl import flags
+
+    from ggtalker_jax.cli import parse_flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("video", None, "input talking-head video with its sound track", flag_values=fv)
+    flags.DEFINE_string("out", None, "output dataset directory", flag_values=fv)
+    flags.DEFINE_integer("size", 512, "crop side in pixels", flag_values=fv)
+    flags.DEFINE_float("fps", 25.0, "dataset frame rate", flag_values=fv)
+    flags.DEFINE_string("features", "logmel", "'logmel' or a .npy [S, D] of precomputed audio features",
+                        flag_values=fv)
+    flags.DEFINE_float("feature_fps", 50.0, "rate of the --features .npy rows (Hz)", flag_values=fv)
+    flags.DEFINE_float("max_seconds", None, "use only the first seconds of the video", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "replace an existing --out directory", flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    flags.DEFINE_string("preview", None, "also write crops with landmarks drawn as PNGs to this directory",
+                        flag_values=fv)
+    rest = parse_flags(fv, argv)
+    if rest or not fv.video or not fv.out:
+        print(f"{argv[0]}: need --video and --out (got extra arguments {rest})" if rest else
+              f"{argv[0]}: need --video IN.mp4 and --out DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = prepare(fv.video, fv.out, size=fv.size, fps=fv.fps, features=fv.features,
+                          feature_fps=fv.feature_fps, max_seconds=fv.max_seconds, overwrite=fv.overwrite,
+                          progress=fv.progress)
+    except (ValueError, FileExistsError) as e:  # MediaError / DatasetError are ValueErrors
+        print(f"ggtalker prepare: error: {e}", file=sys.stderr)
+        return 1
+    if fv.preview:
+        n = summary["frames"]
+        save_preview(fv.out, fv.preview, indices=(0, n // 2, n - 1))
+    summary["lost_ranges"] = [list(r) for r in summary["lost_ranges"]]
+    print(json.dumps(summary, indent=1))
+    return 0
