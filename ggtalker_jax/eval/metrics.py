@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ggtalker_jax.audio.features import audio_energy_per_frame  # noqa: F401  (re-exported)
+
 # Union of the vertex indices in `mediapipe.python.solutions.face_mesh_connections.FACEMESH_LIPS`
 # (outer + inner lip contours of the 468/478-point face mesh), sorted. A test checks it against
 # mediapipe so it cannot drift; hard-coded so that importing this module does not import mediapipe.
@@ -272,27 +274,6 @@ class SyncResult(NamedTuple):
 def _zscore(x: np.ndarray) -> np.ndarray:
     std = x.std()
     return (x - x.mean()) / std if std > 1e-12 else np.zeros_like(x)
-
-
-def audio_energy_per_frame(wav: Any, sample_rate: int, fps: float, num_frames: int | None = None) -> np.ndarray:
-    """RMS energy of a mono waveform in windows aligned to video frames -> ``[T]``.
-
-    Frame t covers samples ``[t * sr / fps, (t + 1) * sr / fps)``.
-    """
-    wav = np.asarray(wav, np.float64)
-    if wav.ndim == 2:
-        wav = wav.mean(axis=-1)
-    if wav.ndim != 1:
-        raise ValueError(f"audio_energy_per_frame: wav must be [S] or [S, channels], got {wav.shape}")
-    hop = sample_rate / float(fps)
-    if num_frames is None:
-        num_frames = int(len(wav) // hop)
-    edges = np.rint(np.arange(num_frames + 1) * hop).astype(np.int64)
-    out = np.zeros(num_frames)
-    for t in range(num_frames):
-        seg = wav[edges[t]:edges[t + 1]]
-        out[t] = np.sqrt(np.mean(seg * seg)) if seg.size else 0.0
-    return out
 
 
 def sync_score(audio_energy: Any, mouth_open: Any, max_offset: int = 15,

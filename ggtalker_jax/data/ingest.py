@@ -1,0 +1,305 @@
+"""Turn a talking-head video into a prepared dataset directory (format: `ggtalker_jax.data.dataset`).
+
+`prepare` runs: probe -> audio (16 kHz mono, silence check) -> pass 1: decode at `fps`, face landmarks
+per frame (streamed, frames not kept) -> gap check / interpolation -> smoothed head crop boxes -> pass 2:
+decode again, crop + resize, person segmentation + head mask, write JPEG/PNG -> landmarks in crop pixels,
+audio features, 10:1 time split, meta.json -> optional ``track_fn(dataset_dir)`` (head tracking hook).
+Everything is written to ``OUT.partial`` first and renamed to ``OUT`` at the end, so a crash never leaves
+a half-written dataset that looks complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ggtalker_jax.audio import features as audio_features
+from ggtalker_jax.audio.io import check_not_silent, write_wav
+from ggtalker_jax.data import crop as crop_lib
+from ggtalker_jax.data import dataset as ds
+from ggtalker_jax.data import landmarks as lm_lib
+from ggtalker_jax.data import masks as masks_lib
+from ggtalker_jax.data import media
+from ggtalker_jax.data.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+AUDIO_SR = 16000
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open index ranges ``[a, b)`` where the bool array ``[T]`` is True."""
+    padded = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    d = np.diff(padded.astype(np.int8))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def prepare(video_path: str | os.PathLike, out_dir: str | os.PathLike, size: int = 512, fps: float = 25,
+            features: str | os.PathLike = "logmel", track_fn: Callable[[pathlib.Path], None] | None = None,
+            progress: bool = True, max_seconds: float | None = None, feature_fps: float = 50.0,
+            max_lost_ratio: float = 0.2, max_gap_seconds: float = 1.0, no_face_abort_seconds: float = 3.0,
+            overwrite: bool = False, crop_config: crop_lib.CropConfig = crop_lib.CropConfig(),
+            mask_dilate_px: int = 0) -> dict[str, Any]:
+    """Prepare a dataset directory from a talking-head video.
+
+    Args:
+      video_path: input video with a sound track (any container / codec ffmpeg reads, VFR ok).
+      out_dir: output directory (must not exist unless ``overwrite``).
+      size: crop side in pixels; fps: dataset frame rate.
+      features: ``"logmel"`` (80 mels x 4 per frame = 320 dims) or a path to a ``.npy [S, D]`` of
+        precomputed features at `feature_fps` Hz (e.g. HuBERT), resampled to the frames.
+      track_fn: called as ``track_fn(out_dir)`` on the finished directory (head tracking writes
+        ``tracking.npz``); its errors propagate.
+      max_seconds: use only the first `max_seconds` of the video (tests, previews).
+      max_lost_ratio / max_gap_seconds: error if more frames than this lose the face, or one gap is longer;
+        shorter gaps are linearly interpolated (ranges are logged and stored in meta.stats.lost_ranges).
+      no_face_abort_seconds: stop early with an error if no face is seen in the first seconds.
+    Returns:
+      summary dict: ``frames``, ``fps``, ``size``, ``found_ratio``, ``lost_ranges``, ``ms_per_frame``
+      (per stage and ``total``), ``out_dir``.
+    Raises:
+      MediaError: missing/corrupt/empty video, no audio track, silent audio, no face, too many lost
+        frames, clip too short for the split.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    video_path = pathlib.Path(video_path)
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another --out or pass overwrite=True")
+    if size < 16:
+        raise ValueError(f"prepare: size must be >= 16, got {size}")
+    ext_features = None if str(features) == "logmel" else pathlib.Path(features)
+    if ext_features is not None and not ext_features.is_file():
+        raise MediaError(f"{ext_features}: audio feature file not found; pass features='logmel' or a .npy path")
+
+    # ---- probe + audio
+    t0 = time.perf_counter()
+    info = media.probe_video(video_path)
+    if not info.has_audio:
+        raise MediaError(f"{video_path}: has no audio track; prepare needs the speech that goes with the video "
+                         "(mux one in: `ffmpeg -i video.mp4 -i speech.wav -c:v copy -map 0:v -map 1:a out.mp4`)")
+    wav, _ = media.extract_audio(video_path, AUDIO_SR)
+    audio_dbfs = check_not_silent(wav, video_path)
+    timings["audio_decode"] = time.perf_counter() - t0
+
+    # ---- pass 1: landmarks
+    t0 = time.perf_counter()
+    est = int(round(min(info.duration, max_seconds or np.inf) * fps))
+    lms, found = [], []
+    abort_after = int(round(no_face_abort_seconds * fps))
+    decode_s = 0.0
+    with lm_lib.FaceLandmarker() as landmarker:
+        frames = media.read_video(video_path, fps=fps, max_seconds=max_seconds)
+        bar = tqdm(total=est, desc="landmarks", unit="frame", disable=not progress)
+        try:
+            while True:
+                td = time.perf_counter()
+                frame = next(frames, None)
+                decode_s += time.perf_counter() - td
+                if frame is None:
+                    break
+                if not lms:
+                    frame_hw = frame.shape[:2]
+                p, f = landmarker(frame)
+                lms.append(p)
+                found.append(f)
+                bar.update(1)
+                if len(found) == abort_after and not any(found):
+                    break
+        finally:
+            bar.close()
+            frames.close()
+    landmarks_src = np.stack(lms)
+    found = np.array(found, bool)
+    timings["landmarks"] = time.perf_counter() - t0 - decode_s
+    timings["decode_pass1"] = decode_s
+    if not found.any():
+        raise MediaError(f"{video_path}: no face found in the first {len(found)} frames ({len(found) / fps:.1f} s); "
+                         "use a video where one face is visible, frontal and reasonably lit (a face smaller than "
+                         "~5% of the frame height may be missed: crop the video around the person first)")
+    num_frames = len(found)
+    if num_frames < ds.MIN_FRAMES:
+        raise MediaError(f"{video_path}: only {num_frames} frames at {fps} fps; need >= {ds.MIN_FRAMES} for the "
+                         "train/test split (use a longer clip)")
+
+    # ---- lost frames
+    lost_ranges = _runs(~found)
+    lost_ratio = 1.0 - float(found.mean())
+    longest = max((b - a for a, b in lost_ranges), default=0)
+    if lost_ranges:
+        log.warning("%s: face lost in %d frames (%.1f%%), ranges %s; interpolating", video_path,
+                    int((~found).sum()), 100 * lost_ratio, lost_ranges)
+    if lost_ratio > max_lost_ratio:
+        raise MediaError(f"{video_path}: face lost in {100 * lost_ratio:.0f}% of frames (> {100 * max_lost_ratio:.0f}%); "
+                         f"lost frame ranges {lost_ranges[:10]}... Cut those parts out of the video or use a clip "
+                         "where the face stays visible")
+    if longest > max_gap_seconds * fps:
+        raise MediaError(f"{video_path}: face lost for {longest} consecutive frames (> {max_gap_seconds} s); "
+                         f"lost frame ranges {lost_ranges[:10]}. Cut those parts out of the video")
+    if lost_ranges:
+        landmarks_src = crop_lib.interpolate_missing(landmarks_src, found).astype(np.float32)
+
+    # ---- crop boxes
+    boxes = crop_lib.crop_boxes(landmarks_src, found, frame_hw, crop_config)
+    landmarks_crop = crop_lib.landmarks_to_crop(landmarks_src, boxes, size)
+
+    # ---- pass 2: crops + masks, written into OUT.partial
+    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    (tmp_dir / ds.FRAMES_DIR).mkdir(parents=True)
+    (tmp_dir / ds.MASKS_DIR).mkdir()
+    t_crop = t_mask = t_write = decode2 = 0.0
+    head_fraction = []
+    with masks_lib.PersonSegmenter() as segmenter:
+        frames = media.read_video(video_path, fps=fps, max_seconds=max_seconds, max_frames=num_frames)
+        bar = tqdm(total=num_frames, desc="crop+mask", unit="frame", disable=not progress)
+        try:
+            for i in range(num_frames):
+                td = time.perf_counter()
+                frame = next(frames, None)
+                decode2 += time.perf_counter() - td
+                if frame is None:
+                    raise MediaError(f"{video_path}: second decoding pass ended after {i} of {num_frames} frames "
+                                     "(file changed or non-deterministic decoding?)")
+                ta = time.perf_counter()
+                crop = crop_lib.crop_and_resize(frame, boxes[i], size)
+                tb = time.perf_counter()
+                person = segmenter(crop)
+                head = masks_lib.head_mask(landmarks_crop[i], (size, size), person)
+                head = masks_lib.dilate(head, mask_dilate_px)
+                head_fraction.append(float(head.mean()))
+                tc = time.perf_counter()
+                ds.write_image(tmp_dir / ds.frame_name(i), crop)
+                ds.write_image(tmp_dir / ds.mask_name(i), ds.encode_mask(head, person))
+                td2 = time.perf_counter()
+                t_crop += tb - ta
+                t_mask += tc - tb
+                t_write += td2 - tc
+                bar.update(1)
+        finally:
+            bar.close()
+            frames.close()
+    timings.update(decode_pass2=decode2, crop=t_crop, masks=t_mask, write_images=t_write)
+
+    # ---- audio + features + arrays + meta
+    t0 = time.perf_counter()
+    n_samples = int(round(num_frames / fps * AUDIO_SR))
+    audio_mismatch_s = wav.size / AUDIO_SR - num_frames / fps
+    if max_seconds is None and abs(audio_mismatch_s) > 0.5:
+        log.warning("%s: audio is %.2f s %s than the video; it is padded/cut to the video length", video_path,
+                    abs(audio_mismatch_s), "longer" if audio_mismatch_s > 0 else "shorter")
+    wav = np.pad(wav[:n_samples], (0, max(0, n_samples - wav.size)))
+    write_wav(tmp_dir / ds.AUDIO, wav, AUDIO_SR)
+    if ext_features is None:
+        feats = audio_features.log_mel_per_frame(wav, AUDIO_SR, fps, num_frames=num_frames)
+        feature_meta = {"kind": "logmel", "dim": int(feats.shape[1]), "n_mels": 80, "mels_per_frame": 4,
+                        "normalize": "clip"}
+    else:
+        feats = audio_features.load_external_features(ext_features, num_frames, feature_fps, fps)
+        feature_meta = {"kind": "external", "dim": int(feats.shape[1]), "source": str(ext_features),
+                        "feature_fps": feature_fps}
+    np.save(tmp_dir / ds.AUDIO_FEATURES, feats.astype(np.float32))
+    np.save(tmp_dir / ds.LANDMARKS, landmarks_crop)
+    np.save(tmp_dir / ds.LANDMARKS_FOUND, found)
+    np.save(tmp_dir / ds.CROP_BOXES, boxes.astype(np.int64))
+    timings["audio_features_and_arrays"] = time.perf_counter() - t0
+    split = ds.split_ranges(num_frames)
+    timings["total"] = time.perf_counter() - t_start
+    stats = {"found_ratio": float(found.mean()), "lost_ranges": [list(r) for r in lost_ranges],
+             "audio_dbfs": float(audio_dbfs), "head_mask_fraction_mean": float(np.mean(head_fraction)),
+             "crop_side_source_px": int(np.median(boxes[:, 2])), "audio_video_mismatch_s": float(audio_mismatch_s)}
+    meta = {"version": ds.FORMAT_VERSION, "fps": float(fps), "size": int(size), "num_frames": int(num_frames),
+            "source": str(video_path), "source_info": dataclasses.asdict(info), "max_seconds": max_seconds,
+            "audio_sample_rate": AUDIO_SR, "split": split, "features": feature_meta,
+            "timings": {k: round(v, 4) for k, v in timings.items()}, "stats": stats,
+            "crop": dataclasses.asdict(crop_config), "mask_dilate_px": int(mask_dilate_px)}
+    (tmp_dir / ds.META).write_text(json.dumps(meta, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+    if track_fn is not None:
+        t0 = time.perf_counter()
+        track_fn(out_dir)
+        timings["tracking"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+    ms = {k: 1000.0 * v / num_frames for k, v in timings.items()}
+    return {"out_dir": str(out_dir), "frames": num_frames, "fps": float(fps), "size": int(size),
+            "found_ratio": float(found.mean()), "lost_ranges": lost_ranges, "ms_per_frame": ms}
+
+
+def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, indices=(0,)) -> list[pathlib.Path]:
+    """Write PNGs of crops with landmarks (green dots) and the head mask outline (red) for eyeballing."""
+    import cv2
+
+    data = ds.PreparedDataset(dataset_dir)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in indices:
+        img = data.frame(i)[..., ::-1].copy()  # BGR for cv2 drawing
+        head = (data.mask(i)[..., 0] > 0.5).astype(np.uint8)
+        contours, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(img, contours, -1, (0, 0, 255), 1)
+        for x, y in data.landmarks[i, :, :2]:
+            cv2.circle(img, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+        path = out_dir / f"{pathlib.Path(dataset_dir).name}_{i:06d}.png"
+        cv2.imwrite(str(path), img)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    """``ggtalker prepare --video IN.mp4 --out DIR [--size 512] [--fps 25] [--features logmel|F.npy] ...``.
+
+    Prints the summary as JSON; on bad input prints the error (which names the file and the fix) and
+    returns 1.
+    """
+    from absl import flags
+
+    from ggtalker_jax.cli import parse_flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("video", None, "input talking-head video with its sound track", flag_values=fv)
+    flags.DEFINE_string("out", None, "output dataset directory", flag_values=fv)
+    flags.DEFINE_integer("size", 512, "crop side in pixels", flag_values=fv)
+    flags.DEFINE_float("fps", 25.0, "dataset frame rate", flag_values=fv)
+    flags.DEFINE_string("features", "logmel", "'logmel' or a .npy [S, D] of precomputed audio features",
+                        flag_values=fv)
+    flags.DEFINE_float("feature_fps", 50.0, "rate of the --features .npy rows (Hz)", flag_values=fv)
+    flags.DEFINE_float("max_seconds", None, "use only the first seconds of the video", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "replace an existing --out directory", flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    flags.DEFINE_string("preview", None, "also write crops with landmarks drawn as PNGs to this directory",
+                        flag_values=fv)
+    rest = parse_flags(fv, argv)
+    if rest or not fv.video or not fv.out:
+        print(f"{argv[0]}: need --video and --out (got extra arguments {rest})" if rest else
+              f"{argv[0]}: need --video IN.mp4 and --out DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = prepare(fv.video, fv.out, size=fv.size, fps=fv.fps, features=fv.features,
+                          feature_fps=fv.feature_fps, max_seconds=fv.max_seconds, overwrite=fv.overwrite,
+                          progress=fv.progress)
+    except (ValueError, FileExistsError) as e:  # MediaError / DatasetError are ValueErrors
+        print(f"ggtalker prepare: error: {e}", file=sys.stderr)
+        return 1
+    if fv.preview:
+        n = summary["frames"]
+        save_preview(fv.out, fv.preview, indices=(0, n // 2, n - 1))
+    summary["lost_ranges"] = [list(r) for r in summary["lost_ranges"]]
+    print(json.dumps(summary, indent=1))
+    return 0
