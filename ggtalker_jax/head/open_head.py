@@ -71,7 +71,10 @@ SHAPE_NAMES = ("width", "height", "depth", "face_length", "jaw_width", "nose_len
                "lip_thickness", "chin_forward", "cheek_fullness", "forehead_height", "ear_size", "neck_width",
                *(f"shape_residual_{k}" for k in range(6)))
 
-N_LON, N_LAT_HEAD, N_LAT_NECK = 96, 64, 8
+N_LON, N_LAT_HEAD, N_LAT_NECK = 96, 80, 8
+# Extra rows of the grid where the surface must stretch: the lip line (the mouth opens there) and the eyes
+# (blinks): (frontal y, half-width in metres, extra density).
+ROW_DENSITY = ((-0.040, 0.0016, 12.0), (0.028, 0.008, 2.5))
 
 
 def _arc(points_idx, x0, x1, y_of_x):
@@ -130,10 +133,16 @@ def _surface():
     u = (np.arange(N_LON) + 0.5) / N_LON
     s = 2 * u - 1
     alpha = np.pi * (s - 0.6 * np.sin(np.pi * s) / np.pi)            # azimuth, 0 = front; denser at the front
-    v = (np.arange(N_LAT_HEAD) + 0.5) / N_LAT_HEAD
-    theta = np.pi * 0.80 * (v + 0.25 * np.sin(2 * np.pi * v) / (2 * np.pi))  # polar angle from the crown
-    th, al = np.meshgrid(theta, alpha, indexing="ij")                   # [rows, cols]
     cx, cy, cz, ax, ay, az = 0.0, 0.008, -0.022, 0.077, 0.118, 0.100
+    # Polar angle from the crown per row: uniform in arc length, plus extra rows at the lip line and eyes.
+    fine = np.linspace(0.0, 0.80 * np.pi, 20001)
+    y_front = cy + ay * np.cos(fine)
+    density = np.ones_like(fine)
+    for y0, half, extra in ROW_DENSITY:
+        density += extra * (np.abs(y_front - y0) < half)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(fine))])
+    theta = np.interp((np.arange(N_LAT_HEAD) + 0.5) / N_LAT_HEAD * cdf[-1], cdf, fine)
+    th, al = np.meshgrid(theta, alpha, indexing="ij")                   # [rows, cols]
     x = cx + ax * np.sin(th) * np.sin(al)
     y = cy + ay * np.cos(th)
     z = cz + az * np.sin(th) * np.cos(al)
@@ -244,7 +253,7 @@ def _lbs_weights(verts, lay):
     # Jaw: below the lip line near the mouth (a sharp step, so the lips part), softer towards the ears.
     ax = np.abs(x)
     line_y = MOUTH_Y - 0.03 * _smoothstep(MOUTH_HALF_WIDTH, 0.07, ax)
-    tau = 0.0008 + 0.008 * _smoothstep(MOUTH_HALF_WIDTH, 0.06, ax)
+    tau = 0.0003 + 0.008 * _smoothstep(MOUTH_HALF_WIDTH, 0.06, ax)
     below = 1.0 / (1.0 + np.exp(-(line_y - y) / tau))
     above_neck = _smoothstep(-0.125, -0.105, y)
     jaw = below * front * above_neck
