@@ -10,7 +10,6 @@ format of `ggtalker_jax.data.dataset`, plus `tracking.npz` holding the ground-tr
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import cv2

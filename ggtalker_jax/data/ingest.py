@@ -261,6 +261,17 @@ def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, ind
     return paths
 
 
+def _tracker(head: str):
+    """The track_fn that fits `head` to the prepared landmarks (ggtalker_jax.data.track)."""
+    def track(out_dir):
+        from ggtalker_jax.data.track import track_dataset
+        result = track_dataset(str(out_dir), head=head)
+        err = result["landmark_error_px"]
+        log.info("tracking: landmark error %.2f px mean, %.2f px median (%.1f s)", float(err.mean()),
+                 float(np.median(err)), result["seconds"])
+    return track
+
+
 def main(argv: list[str]) -> int:
     """``ggtalker prepare --video IN.mp4 --out DIR [--size 512] [--fps 25] [--features logmel|F.npy] ...``.
 
@@ -284,6 +295,8 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
     flags.DEFINE_string("preview", None, "also write crops with landmarks drawn as PNGs to this directory",
                         flag_values=fv)
+    flags.DEFINE_boolean("track", True, "fit the head model to the landmarks (writes tracking.npz)", flag_values=fv)
+    flags.DEFINE_string("head", "open", "head model for tracking: 'open' or FLAME's generic_model.pkl", flag_values=fv)
     rest = parse_flags(fv, argv)
     if rest or not fv.video or not fv.out:
         print(f"{argv[0]}: need --video and --out (got extra arguments {rest})" if rest else
@@ -293,7 +306,7 @@ def main(argv: list[str]) -> int:
     try:
         summary = prepare(fv.video, fv.out, size=fv.size, fps=fv.fps, features=fv.features,
                           feature_fps=fv.feature_fps, max_seconds=fv.max_seconds, overwrite=fv.overwrite,
-                          progress=fv.progress)
+                          progress=fv.progress, track_fn=_tracker(fv.head) if fv.track else None)
     except (ValueError, FileExistsError) as e:  # MediaError / DatasetError are ValueErrors
         print(f"ggtalker prepare: error: {e}", file=sys.stderr)
         return 1
