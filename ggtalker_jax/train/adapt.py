@@ -93,15 +93,15 @@ class AdaptConfig:
     seed: int = 0
 
 
-def _labels(params: dict, trainable: tuple[str, ...]) -> dict:
-    return {k: jax.tree.map(lambda _: ("train" if k in trainable else "frozen"), v) for k, v in params.items()}
-
-
-def make_optimizer(params: dict, stage: Stage):
-    return optax.multi_transform(
-        {"train": optax.chain(optax.clip_by_global_norm(1.0), optax.adam(stage.learning_rate)),
-         "frozen": optax.set_to_zero()},
-        _labels(params, stage.trainable))
+def stage_controls(stage: Stage) -> dict:
+    """What a stage trains, as traced numbers (so all five stages share one compiled step):
+    `mask` {group: 0/1}, `w_photo`, `w_a2e` (loss weights) and `a2e_render` (render with the A2E's
+    expressions instead of the tracked ones)."""
+    visual = any(g in stage.trainable for g in VISUAL_GROUPS)
+    trains_a2e = "a2e" in stage.trainable
+    return {"mask": {g: jnp.float32(g in stage.trainable) for g in PARAM_GROUPS},
+            "w_photo": jnp.float32(visual), "w_a2e": jnp.float32(trains_a2e),
+            "a2e_render": jnp.float32(visual and trains_a2e), "learning_rate": jnp.float32(stage.learning_rate)}
 
 
 def _style_id(static, cfg: AdaptConfig) -> int:
@@ -109,86 +109,92 @@ def _style_id(static, cfg: AdaptConfig) -> int:
     return cfg.style_id % n
 
 
-def make_loss_fn(static, data: SubjectData, stage: Stage, cfg: AdaptConfig):
-    """loss(params, rng, batch) -> (loss, metrics) for this stage."""
+def make_loss_fn(static, data: SubjectData, cfg: AdaptConfig):
+    """loss(params, rng, batch, controls) -> (loss, metrics); `controls` from `stage_controls`."""
     a2e_module = avatar_lib.networks(static.config)[0]
     schedule = diffusion.cosine_schedule(static.config.models.a2e.num_train_steps)
-    visual = any(g in stage.trainable for g in VISUAL_GROUPS)
-    trains_a2e = "a2e" in stage.trainable
     style = _style_id(static, cfg)
 
-    def loss_fn(params, rng, batch):
-        metrics = {}
-        total = 0.0
+    def loss_fn(params, rng, batch, controls):
         head = params["head"]
-        idx = batch["window_index"]                                     # [W]
+        idx = batch["window_index"]                                                   # [W]
         target = batch["expression53"] + jax.lax.stop_gradient(head["expr_delta"][idx])  # [W, 53]
-        expr_render = batch["expression53"] + head["expr_delta"][idx]
-        if trains_a2e:
-            tgt = diffusion.training_targets(schedule, target[None], rng, cond_drop_prob=0.1)
-            x0 = a2e_module.apply({"params": params["a2e"]}, tgt["noisy"], tgt["timestep"],
-                                  batch["audio"][None], None, jnp.full((1,), style), tgt["cond_mask"])
-            l_a2e, parts = losses.a2e_loss(x0, target[None])
-            total = total + cfg.w_a2e * l_a2e
-            metrics.update({f"a2e_{k}": v for k, v in parts.items()})
-            if visual:
-                t = jnp.full((1,), cfg.diffusion_steps_for_render)
-                noisy = diffusion.q_sample(schedule, target[None], t, jax.random.normal(rng, target[None].shape))
-                expr_render = a2e_module.apply({"params": params["a2e"]}, noisy, t, batch["audio"][None], None,
-                                               jnp.full((1,), style), None)[0]
-        if visual:
-            sel = batch["render_pick"]                                   # [B] positions in the window
-            fidx = idx[sel]
-            frame = {"expression53": expr_render[sel],
-                     "global_rot": batch["global_rot"][sel] + head["pose_delta"][fidx, :3],
-                     "translation": batch["translation"][sel] + head["pose_delta"][fidx, 3:],
-                     "eye_pose": batch["eye_pose"][sel], "neck_pose": batch["neck_pose"][sel]}
-            uv_maps = avatar_lib.generate_uv_maps(params, static, data.uv_input)
-            out = avatar_lib.render_frames(params, static, uv_maps, frame, data.K, batch["frames"],
-                                           batch["head_masks"])
-            gt = batch["frames"]
-            l_img, parts = losses.photometric_loss(out["image"], gt)
-            head_comp = out["head_rgb"] + (1.0 - out["head_alpha"]) * gt * (1.0 - batch["head_masks"])
-            l_head, _ = losses.photometric_loss(head_comp, gt, valid_mask=batch["head_masks"])
-            l_off = losses.offset_regularizer(uv_maps["offset"], max_norm=0.2)
-            total = total + l_img + cfg.w_head_render * l_head + cfg.w_offset * l_off
-            metrics.update({"l1": parts["l1"], "dssim": parts["dssim"], "head": l_head,
-                            "psnr": -10.0 * jnp.log10(jnp.mean(jnp.square(out["image"] - gt)) + 1e-10)})
-        metrics["loss"] = total
+        k_diff, k_noise = jax.random.split(rng)
+        # A2E: diffusion x0 objective on this identity's window (its own style row).
+        tgt = diffusion.training_targets(schedule, target[None], k_diff, cond_drop_prob=0.1)
+        x0 = a2e_module.apply({"params": params["a2e"]}, tgt["noisy"], tgt["timestep"], batch["audio"][None],
+                              None, jnp.full((1,), style), tgt["cond_mask"])
+        l_a2e, a2e_parts = losses.a2e_loss(x0, target[None])
+        # Frames rendered with the tracked (+ learned correction) expressions, or in stages 4-5 with the
+        # A2E's one-step prediction, so image gradients reach the A2E.
+        t = jnp.full((1,), cfg.diffusion_steps_for_render)
+        noisy = diffusion.q_sample(schedule, target[None], t, jax.random.normal(k_noise, target[None].shape))
+        expr_a2e = a2e_module.apply({"params": params["a2e"]}, noisy, t, batch["audio"][None], None,
+                                    jnp.full((1,), style), None)[0]
+        expr_track = batch["expression53"] + head["expr_delta"][idx]
+        expr_render = controls["a2e_render"] * expr_a2e + (1.0 - controls["a2e_render"]) * expr_track
+        sel = batch["render_pick"]                                                    # [B] positions in the window
+        fidx = idx[sel]
+        frame = {"expression53": expr_render[sel],
+                 "global_rot": batch["global_rot"][sel] + head["pose_delta"][fidx, :3],
+                 "translation": batch["translation"][sel] + head["pose_delta"][fidx, 3:],
+                 "eye_pose": batch["eye_pose"][sel], "neck_pose": batch["neck_pose"][sel]}
+        uv_maps = avatar_lib.generate_uv_maps(params, static, data.uv_input)
+        out = avatar_lib.render_frames(params, static, uv_maps, frame, data.K, batch["frames"], batch["head_masks"])
+        gt = batch["frames"]
+        l_img, parts = losses.photometric_loss(out["image"], gt)
+        head_comp = out["head_rgb"] + (1.0 - out["head_alpha"]) * gt * (1.0 - batch["head_masks"])
+        l_head, _ = losses.photometric_loss(head_comp, gt, valid_mask=batch["head_masks"])
+        l_off = losses.offset_regularizer(uv_maps["offset"], max_norm=0.2)
+        l_photo = l_img + cfg.w_head_render * l_head + cfg.w_offset * l_off
+        total = controls["w_photo"] * l_photo + controls["w_a2e"] * cfg.w_a2e * l_a2e
+        metrics = {"loss": total, "l1": parts["l1"], "dssim": parts["dssim"], "head": l_head,
+                   "psnr": -10.0 * jnp.log10(jnp.mean(jnp.square(out["image"] - gt)) + 1e-10),
+                   **{f"a2e_{k}": v for k, v in a2e_parts.items()}}
         return total, metrics
 
     return loss_fn
 
 
-def run_stage(params, static, data: SubjectData, stage: Stage, cfg: AdaptConfig, rng, progress=True):
-    """Optimises `stage.trainable` for `stage.steps` steps or `stage.minutes`, whichever ends first.
-    Returns (params, history list of metric dicts)."""
-    tx = make_optimizer(params, stage)
-    opt_state = tx.init(params)
-    loss_fn = make_loss_fn(static, data, stage, cfg)
+def make_step(static, data: SubjectData, cfg: AdaptConfig):
+    """(init_opt, step): one Adam over all parameters, gradients masked per stage (frozen groups get
+    exactly zero updates; the optimizer state is fresh for every stage)."""
+    loss_fn = make_loss_fn(static, data, cfg)
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.inject_hyperparams(optax.adam)(learning_rate=1e-3))
 
     @jax.jit
-    def step(params, opt_state, rng, batch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rng, batch)
+    def step(params, opt_state, rng, batch, controls):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rng, batch, controls)
+        grads = {k: jax.tree.map(lambda g: g * controls["mask"].get(k, 0.0), v) for k, v in grads.items()}
+        opt_state[1].hyperparams["learning_rate"] = controls["learning_rate"]
         updates, opt_state = tx.update(grads, opt_state, params)
+        updates = {k: jax.tree.map(lambda u: u * controls["mask"].get(k, 0.0), v) for k, v in updates.items()}
         return optax.apply_updates(params, updates), opt_state, metrics
 
+    return tx.init, step
+
+
+def run_stage(params, data: SubjectData, stage: Stage, cfg: AdaptConfig, rng, init_opt, step, progress=True):
+    """Optimises `stage.trainable` for `stage.steps` steps or `stage.minutes`, whichever ends first.
+    Returns (params, history list of metric dicts)."""
+    controls = stage_controls(stage)
+    opt_state = init_opt(params)
     history = []
     start = time.monotonic()
-    total = stage.steps if stage.steps is not None else None
-    bar = tqdm(total=total, desc=f"adapt {stage.name}", disable=not progress, unit="step")
+    bar = tqdm(total=stage.steps, desc=f"adapt {stage.name}", disable=not progress, unit="step")
     i = 0
-    np_rng = np.random.default_rng(cfg.seed + hash(stage.name) % 1000)
+    np_rng = np.random.default_rng([cfg.seed, PARAM_GROUPS.index(stage.trainable[0]), len(stage.trainable)])
     while (stage.steps is None or i < stage.steps) and time.monotonic() - start < 60 * stage.minutes:
         rng, k = jax.random.split(rng)
         batch = data.sample_batch(np_rng, cfg.window, cfg.batch_size)
-        params, opt_state, metrics = step(params, opt_state, k, batch)
-        metrics = {k: float(v) for k, v in metrics.items()}
+        params, opt_state, metrics = step(params, opt_state, k, batch, controls)
+        metrics = {key: float(v) for key, v in metrics.items()}
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"adaptation stage {stage.name}: loss became {metrics['loss']} at step {i}; "
                                      "lower the learning rate (--learning_rate) or check the prepared data")
         history.append(metrics)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "psnr")})
+        bar.set_postfix({key: f"{v:.4g}" for key, v in metrics.items() if key in ("loss", "psnr")})
         bar.update(1)
         i += 1
     bar.close()
@@ -222,11 +228,12 @@ def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, c
         summary["stages"] = meta.get("history", [])
         print(f"resuming adaptation after stage {done} ({stages[done - 1].name if done else '-'})")
     rng = jax.random.PRNGKey(cfg.seed)
+    init_opt, step = make_step(static, data, cfg)
     for i, stage in enumerate(stages):
         if i < done:
             continue
         t0 = time.monotonic()
-        params, history = run_stage(params, static, data, stage, cfg, jax.random.fold_in(rng, i), progress)
+        params, history = run_stage(params, data, stage, cfg, jax.random.fold_in(rng, i), init_opt, step, progress)
         record = {"name": stage.name, "trainable": list(stage.trainable), "steps": len(history),
                   "seconds": round(time.monotonic() - t0, 2),
                   "final": history[-1] if history else {}}

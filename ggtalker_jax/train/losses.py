@@ -52,7 +52,7 @@ def photometric_loss(pred, target, mouth_mask=None, mouth_weight: float = 2.0, l
 
 def offset_regularizer(offsets, max_norm: float = 0.0):
     """Mean squared norm beyond `max_norm` of Gaussian position offsets [..., 3] (local-frame units)."""
-    norm = jnp.linalg.norm(offsets, axis=-1)
+    norm = jnp.sqrt(jnp.sum(jnp.square(offsets), axis=-1) + 1e-12)   # smooth at zero (no NaN gradient)
     return jnp.mean(jnp.square(jnp.maximum(norm - max_norm, 0.0)))
 
 
