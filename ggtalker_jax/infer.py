@@ -59,7 +59,7 @@ def predict_expressions(static, params, audio_features, style_id: int, opts: Ren
     fn = jax.jit(lambda p, a, k: diffusion.sample_long(apply_fn, {"params": p}, a, k, window, overlap,
                                                        schedule=schedule, num_steps=steps,
                                                        guidance=opts.guidance, style_id=style_id))
-    return np.asarray(fn(params["a2e"], jnp.asarray(audio_features), jax.random.PRNGKey(opts.seed)))
+    return np.array(fn(params["a2e"], jnp.asarray(audio_features), jax.random.PRNGKey(opts.seed)))
 
 
 def driving_poses(data, num: int, opts: RenderOptions) -> tuple[dict, np.ndarray]:

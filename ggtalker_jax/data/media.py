@@ -121,7 +121,7 @@ def extract_audio(path: str | os.PathLike, sr: int = 16000) -> tuple[np.ndarray,
 
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25,
               audio: tuple[np.ndarray, int] | str | os.PathLike | None = None, crf: int = 18,
-              preset: str = "medium") -> int:
+              preset: str = "medium", comment: str | None = None) -> int:
     """Encode frames to an H.264 mp4, optionally muxing audio as AAC; returns the number of frames.
 
     Args:
@@ -131,6 +131,7 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
       audio: ``(wav [S] float, sr)``, a path to any audio/video file, or None. The output lasts exactly
         as long as the video: shorter audio is padded with silence, longer audio is cut.
       crf: x264 constant rate factor (18 = visually lossless).
+      comment: written into the container's `comment` tag (the watermark's signed record).
     """
     path = pathlib.Path(path)
     if path.parent and not path.parent.exists():
@@ -146,6 +147,7 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
     if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
         raise ValueError(f"write_mp4({path}): frames must be uint8 [H, W, 3], got {first.dtype} {first.shape}")
     h, w = first.shape[:2]
+    tags = ["-metadata", f"comment={comment}"] if comment else []
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmpdir:
         tmp_video = pathlib.Path(tmpdir) / "video.mp4"
         tmp_out = pathlib.Path(tmpdir) / "out.mp4"
@@ -153,7 +155,7 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
                "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-",
                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset,
                "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-movflags", "+faststart",
-               str(tmp_video if audio is not None else tmp_out)]
+               *(tags if audio is None else []), str(tmp_video if audio is not None else tmp_out)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         count = 0
         try:
@@ -183,7 +185,7 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
                 write_wav(audio_path, np.asarray(wav, np.float32), int(sr))
             mux = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(tmp_video), "-i", str(audio_path),
                    "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "160k",
-                   "-af", "apad", "-t", f"{count / fps:.6f}", "-movflags", "+faststart", str(tmp_out)]
+                   "-af", "apad", "-t", f"{count / fps:.6f}", "-movflags", "+faststart", *tags, str(tmp_out)]
             res = subprocess.run(mux, capture_output=True, check=False)
             if res.returncode != 0:
                 raise MediaError(f"write_mp4({path}): muxing audio {audio_path} failed: "
