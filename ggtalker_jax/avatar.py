@@ -47,7 +47,7 @@ class AvatarConfig:
     head_model: str = "open"
     models_preset: str = "small"
     head_mask_dilation: int = 3          # pixels; the inpainter blends inside a dilated head mask
-    backend: str = "xla"                 # rasterizer backend ("pallas" on GPU)
+    backend: str = "pallas"              # rasterizer backend ("xla": the dense reference)
 
     @property
     def models(self):

@@ -139,7 +139,7 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
                       -DISTANCE + _smooth_noise(rng, num, 0.01)], -1).astype(np.float32)
     eye_pose = np.zeros((num, 6), np.float32)
     neck_pose = np.zeros((num, 3), np.float32)
-    K = intrinsics_from_fov(FOV_DEGREES, size, size)
+    K = np.asarray(intrinsics_from_fov(FOV_DEGREES, size, size))
 
     binding = uv_lib.build_uv_binding(model, uv_resolution)
     colours = jnp.asarray(texel_colours(model, binding, seed))

@@ -1,11 +1,10 @@
-"""Differentiable 3D Gaussian splatting with gsplat's conventions.
+"""ggtalker_jax.render: differentiable 3D Gaussian Splatting (gsplat-compatible `rasterization`)."""
+from ggtalker_jax.render.camera import head_space_viewmat, intrinsics_from_fov, look_at_viewmat
+from ggtalker_jax.render.projection import Projection, project_gaussians, quat_to_rotmat
+from ggtalker_jax.render.rasterization import check_overflow, default_capacity, rasterization
+from ggtalker_jax.render.reference import rasterize_to_pixels_reference
 
-`rasterization(...)` (backend "xla": readable reference; "pallas": tiled kernels), EWA `projection`,
-camera helpers.
-"""
-from ggtalker_jax.render.camera import head_space_viewmat, intrinsics_from_fov, look_at
-from ggtalker_jax.render.projection import project_gaussians, quat_to_rotmat
-from ggtalker_jax.render.rasterization import rasterization
-
-__all__ = ["rasterization", "project_gaussians", "quat_to_rotmat", "head_space_viewmat", "intrinsics_from_fov",
-           "look_at"]
+__all__ = [
+    "Projection", "check_overflow", "default_capacity", "head_space_viewmat", "intrinsics_from_fov", "look_at_viewmat",
+    "project_gaussians", "quat_to_rotmat", "rasterization", "rasterize_to_pixels_reference",
+]

@@ -1,34 +1,41 @@
-"""Camera helpers. Cameras follow OpenCV/gsplat conventions: world-to-camera `viewmat` [4, 4] with
-x right, y down, z forward; intrinsics K [3, 3] in pixels with pixel (row i, col j) centred at (j+0.5, i+0.5).
-"""
+"""Camera helpers (OpenCV convention: x right, y down, z forward; world-to-camera view matrices)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 
-def head_space_viewmat(dtype=jnp.float32):
-    """The fixed camera of head space: head models use metres, y up, z toward the viewer; the camera sits
-    at the origin looking down -z. Its OpenCV world-to-camera matrix is diag(1, -1, -1, 1) [4, 4]."""
+def look_at_viewmat(eye, target, up=(0.0, -1.0, 0.0)) -> jnp.ndarray:
+    """World-to-camera matrix [4, 4] of a camera at `eye` [3] looking at `target` [3].
+
+    `up` [3] is the world direction that should appear *up* in the image; since the OpenCV camera's
+    y axis points down, the camera y axis is aligned with `-up`.
+    """
+    eye = jnp.asarray(eye, jnp.float32)
+    target = jnp.asarray(target, jnp.float32)
+    up = jnp.asarray(up, jnp.float32)
+    forward = target - eye
+    forward = forward / jnp.linalg.norm(forward)
+    right = jnp.cross(forward, -up)  # x = y cross z with y = -up (down in the image).
+    right = right / jnp.linalg.norm(right)
+    down = jnp.cross(forward, right)
+    rot = jnp.stack([right, down, forward])  # rows: camera axes in world coordinates [3, 3]
+    viewmat = jnp.eye(4, dtype=jnp.float32)
+    viewmat = viewmat.at[:3, :3].set(rot)
+    viewmat = viewmat.at[:3, 3].set(-rot @ eye)
+    return viewmat
+
+
+def intrinsics_from_fov(fov_x_degrees: float, width: int, height: int, fov_y_degrees: float | None = None):
+    """Pinhole intrinsics [3, 3] with the principal point at the image centre.
+
+    `fov_x_degrees` is the full horizontal field of view; `fov_y_degrees` defaults to square pixels.
+    """
+    fx = 0.5 * width / jnp.tan(jnp.deg2rad(fov_x_degrees) / 2)
+    fy = fx if fov_y_degrees is None else 0.5 * height / jnp.tan(jnp.deg2rad(fov_y_degrees) / 2)
+    return jnp.array([[fx, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]], jnp.float32)
+
+
+def head_space_viewmat(dtype=jnp.float32) -> jnp.ndarray:
+    """The fixed camera of head space: head models use metres, y up, z toward the viewer, and the camera
+    sits at the origin looking down -z. Its OpenCV world-to-camera matrix is diag(1, -1, -1, 1) [4, 4]."""
     return jnp.diag(jnp.array([1.0, -1.0, -1.0, 1.0], dtype))
-
-
-def intrinsics_from_fov(fov_y_degrees: float, width: int, height: int) -> np.ndarray:
-    """Pinhole K [3, 3] with square pixels and the principal point at the image centre."""
-    f = 0.5 * height / np.tan(0.5 * np.deg2rad(fov_y_degrees))
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], np.float32)
-
-
-def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:
-    """OpenCV world-to-camera [4, 4] for a camera at `eye` looking at `target` (`up` is world up)."""
-    eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])  # rows: camera axes in world coordinates
-    view = np.eye(4)
-    view[:3, :3] = R
-    view[:3, 3] = -R @ eye
-    return view.astype(np.float32)

@@ -1,70 +1,98 @@
-"""The readable pure-jnp rasterizer: the spec the Pallas kernels are tested against.
+"""Pure-jnp reference of the 2D rasterization stage (dense, differentiated by JAX autodiff).
 
-Dense over pixels x Gaussians (O(H W N) memory), so it is meant for small images, tests and the CPU path;
-differentiated by JAX autodiff. Per pixel, Gaussians are taken front to back in depth order and only those
-whose tile rectangle covers the pixel's tile count (exactly the lists the tiled kernels walk):
+For every pixel, all Gaussians are composited front to back in depth order with the classic 3DGS
+rules, exactly as the tiled Pallas kernels do:
 
-    sigma = 0.5 d^T conic d          (d = pixel centre - mean2d; skip sigma < 0)
-    alpha = min(0.99, opacity exp(-sigma))   (skip alpha < 1/255)
-    stop before the first Gaussian after which T would fall below 1e-4 (that one is not blended)
-    C = sum_i c_i alpha_i T_i + T_final bg,    T_i = prod_{j<i} (1 - alpha_j)
+* a Gaussian only touches pixels in the tiles of its bounding box (same `tile_rects` as binning);
+* sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with d = mean2d - pixel centre; skip sigma < 0;
+* alpha = min(0.99, opacity exp(-sigma)); skip alpha < 1/255;
+* stop at the first Gaussian with T (1 - alpha) < 1e-4 (that Gaussian is not blended).
 
-The stop rule needs no loop: T only decreases, so "T after i >= 1e-4" holds exactly for the Gaussians
-before the first one that fails it.
+Vectorised form of the sequential loop: with a_k the alpha of the non-skipped Gaussians (0 for
+skipped), the transmittance after k, T_k = prod_{m<=k} (1 - a_m), is non-increasing, so "not yet
+stopped" is a prefix and Gaussian k is blended iff it is not skipped and T_k >= 1e-4. The image is
+then sum_k a_k T_{k-1} c_k over blended Gaussians, and the final transmittance prod (1 - a_k).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from ggtalker_jax.render.projection import tile_bounds
+from ggtalker_jax.kernels.binning import tile_rects
 
-ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
+ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 
 
-def pixel_centres(width: int, height: int):
-    """[H * W, 2] (x, y) pixel centres, row-major."""
-    ys, xs = jnp.meshgrid(jnp.arange(height) + 0.5, jnp.arange(width) + 0.5, indexing="ij")
-    return jnp.stack([xs.ravel(), ys.ravel()], -1)
+def clamp_alpha(raw_alpha):
+    """min(ALPHA_MAX, raw) with zero gradient where clamped (as gsplat's backward)."""
+    return jnp.where(raw_alpha > ALPHA_MAX, ALPHA_MAX, raw_alpha)
 
 
-def gaussian_alphas(pixels, means2d, conics, opacities):
-    """alpha [P, N] of every Gaussian at every pixel (before the tile mask and skip rules)."""
-    d = pixels[:, None, :] - means2d[None, :, :]                                 # [P, N, 2]
-    a, b, c = conics[:, 0], conics[:, 1], conics[:, 2]
-    sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
-    alpha = jnp.minimum(ALPHA_MAX, opacities[None, :] * jnp.exp(-jnp.maximum(sigma, 0.0)))
-    return jnp.where(sigma >= 0, alpha, 0.0)
+def _composite_pixels(px, py, tile_ids, means2d, conics, opacities, colors, rects):
+    """Composite pixels [P] against Gaussians [N] sorted by depth -> colours [P, D], T_final [P]."""
+    x0, y0, x1, y1 = rects
+    tx, ty = tile_ids
+    in_rect = (tx[:, None] >= x0) & (tx[:, None] < x1) & (ty[:, None] >= y0) & (ty[:, None] < y1)
+    dx = means2d[None, :, 0] - px[:, None]
+    dy = means2d[None, :, 1] - py[:, None]
+    a, b, c = conics[None, :, 0], conics[None, :, 1], conics[None, :, 2]
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = clamp_alpha(opacities[None, :] * jnp.exp(-sigma))
+    ok = in_rect & (sigma >= 0) & (alpha >= ALPHA_MIN)
+    alpha_ok = jnp.where(ok, alpha, 0.0)
+    t_after = jnp.cumprod(1.0 - alpha_ok, axis=1)
+    blended = ok & (t_after >= T_MIN)
+    alpha_eff = jnp.where(blended, alpha, 0.0)
+    t_incl = jnp.cumprod(1.0 - alpha_eff, axis=1)
+    t_before = jnp.concatenate([jnp.ones_like(t_incl[:, :1]), t_incl[:, :-1]], axis=1)
+    weights = alpha_eff * t_before  # [P, N]
+    return weights @ colors, t_incl[:, -1]
 
 
-def rasterize_reference(means2d, conics, opacities, colors, depths, radii, background, width: int,
-                        height: int, tile_size: int = 16):
-    """Composites projected Gaussians of one camera.
+def rasterize_to_pixels_reference(
+    means2d, conics, opacities, colors, depths, radii, width: int, height: int, tile_size: int = 16,
+    pixel_chunk: int = 4096,
+):
+    """Dense reference of the rasterization stage, without background.
 
-    means2d [N, 2], conics [N, 3], opacities [N], colors [N, D], depths [N], radii [N] (0 = culled),
-    background [D]. Returns (image [H, W, D], alpha [H, W, 1]).
+    means2d [C, N, 2], conics [C, N, 3], opacities [N] or [C, N], colors [C, N, D], depths [C, N],
+    radii [C, N] int (0 = culled). Returns (colors [C, H, W, D], final transmittance [C, H, W]).
+    Pixels are processed in chunks of `pixel_chunk` to bound memory (P x N intermediates).
     """
-    order = jnp.argsort(jnp.where(radii > 0, depths, jnp.inf))
-    means2d, conics, opacities, colors, radii = (x[order] for x in (means2d, conics, opacities, colors, radii))
-    pixels = pixel_centres(width, height)
-    alpha = gaussian_alphas(pixels, means2d, conics, opacities)                   # [P, N]
-    lo, hi = tile_bounds(means2d, radii, width, height, tile_size)
-    tile = jnp.floor(pixels / tile_size).astype(jnp.int32)                        # [P, 2]
-    covers = jnp.all((tile[:, None, :] >= lo[None]) & (tile[:, None, :] < hi[None]), axis=-1)
-    alpha = jnp.where(covers & (radii > 0)[None] & (alpha >= ALPHA_MIN), alpha, 0.0)
-    transmit = jnp.cumprod(1.0 - alpha, axis=1)                                   # T after each Gaussian
-    blended = transmit >= T_MIN
-    T_before = jnp.concatenate([jnp.ones_like(transmit[:, :1]), transmit[:, :-1]], axis=1)
-    weights = jnp.where(blended, alpha * T_before, 0.0)                           # [P, N]
-    T_final = 1.0 - jnp.sum(weights, axis=1, keepdims=True)
-    image = weights @ colors + T_final * background[None, :]
-    return image.reshape(height, width, -1), (1.0 - T_final).reshape(height, width, 1)
+    num_cameras, n = radii.shape
+    opacities = jnp.broadcast_to(opacities, (num_cameras, n))
+    tile_width = -(-width // tile_size)
+    tile_height = -(-height // tile_size)
+    rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
+    px = cols.reshape(-1).astype(jnp.float32) + 0.5
+    py = rows.reshape(-1).astype(jnp.float32) + 0.5
+    tx = cols.reshape(-1) // tile_size
+    ty = rows.reshape(-1) // tile_size
+    n_pix = width * height
+    chunk = min(pixel_chunk, n_pix)
+    n_chunks = -(-n_pix // chunk)
+    pad = n_chunks * chunk - n_pix
 
+    def pad_chunks(v):
+        return jnp.pad(v, (0, pad)).reshape(n_chunks, chunk)
 
-def rasterize_reference_batched(means2d, conics, opacities, colors, depths, radii, backgrounds, width, height,
-                                tile_size=16):
-    """Cameras batched: every argument has a leading [C] axis."""
-    fn = lambda *a: rasterize_reference(*a, width=width, height=height, tile_size=tile_size)
-    return jax.vmap(fn)(means2d, conics, opacities, colors, depths, radii, backgrounds)
+    pix = tuple(pad_chunks(v) for v in (px, py, tx, ty))
+
+    def one_camera(m2d, con, opa, col, dep, rad):
+        visible = rad > 0
+        # Culled Gaussians go last; stable sort keeps index order among equal depths.
+        order = jnp.argsort(jnp.where(visible, jax.lax.stop_gradient(dep), jnp.inf), stable=True)
+        m2d, con, opa, col, rad = m2d[order], con[order], opa[order], col[order], rad[order]
+        rects = tile_rects(m2d, rad, tile_size, tile_width, tile_height)
+
+        def chunk_fn(p):
+            return _composite_pixels(p[0], p[1], (p[2], p[3]), m2d, con, opa, col, rects)
+
+        out, t_final = jax.lax.map(chunk_fn, pix)
+        out = out.reshape(n_chunks * chunk, -1)[:n_pix].reshape(height, width, -1)
+        t_final = t_final.reshape(-1)[:n_pix].reshape(height, width)
+        return out, t_final
+
+    return jax.vmap(one_camera)(means2d, conics, opacities, colors, depths, radii)
