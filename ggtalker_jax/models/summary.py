@@ -1,0 +1,134 @@
+"""Print parameter counts and input/output shapes of every network at a config.
+
+    python -m ggtalker_jax.models.summary --config paper|small [--dtype bfloat16] [--measure_memory]
+        [--modules a2e,generator,color_mlp,inpainter]
+
+Shapes and counts come from ``jax.eval_shape`` (no memory is allocated, even at paper size). With
+``--measure_memory`` each selected module additionally runs one real eval-mode forward pass (jit,
+batch 1) on the default device and the process's peak RSS (``resource.getrusage``) is reported after
+it; the peak is cumulative over the process, so run one module at a time for per-module numbers.
+The last line is ``gaussians: N`` (N = R * R of the generator output).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ggtalker_jax.models.a2e import A2ETransformer
+from ggtalker_jax.models.color_mlp import ColorMLP
+from ggtalker_jax.models.configs import ModelsConfig, get_config
+from ggtalker_jax.models.generator import IdentityGaussianGenerator
+from ggtalker_jax.models.inpainter import BodyInpainter
+
+MODULE_NAMES = ("a2e", "generator", "color_mlp", "inpainter")
+
+
+def example_inputs(cfg: ModelsConfig, name: str, window: int = 100, prev_frames: int = 10):
+    """(module, positional input ShapeDtypeStructs) for one network at batch 1."""
+    f32 = jnp.float32
+    sds = jax.ShapeDtypeStruct
+    if name == "a2e":
+        c = cfg.a2e
+        return A2ETransformer(c), (sds((1, window, c.expr_dim), f32), sds((1,), jnp.int32),
+                                   sds((1, window, c.audio_dim), f32),
+                                   sds((1, prev_frames, c.expr_dim), f32), sds((1,), jnp.int32),
+                                   sds((1,), jnp.bool_))
+    if name == "generator":
+        c = cfg.generator
+        r = c.resolution
+        return IdentityGaussianGenerator(c), (sds((1, r, r, c.in_channels), f32),)
+    if name == "color_mlp":
+        c = cfg.color_mlp
+        n = cfg.generator.resolution ** 2
+        return ColorMLP(c), (sds((n, c.feature_dim), f32), sds((1, c.expr_dim), f32),
+                             sds((n, 2), f32))
+    if name == "inpainter":
+        c = cfg.inpainter
+        h = c.resolution
+        feats = sds((1, h, h, c.render_feature_dim), f32) if c.render_feature_dim else None
+        return BodyInpainter(c), (sds((1, h, h, 3), f32), sds((1, h, h, 1), f32), feats,
+                                  sds((1, h, h, 3), f32), sds((1, h, h, 1), f32))
+    raise ValueError(f"unknown module {name!r}; choose from {MODULE_NAMES}")
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _shapes(tree):
+    return jax.tree_util.tree_map(lambda x: None if x is None else tuple(x.shape), tree,
+                                  is_leaf=lambda x: x is None)
+
+
+def describe(cfg: ModelsConfig, name: str) -> dict:
+    """Parameter count and shapes of one network, via eval_shape (allocates nothing)."""
+    module, inputs = example_inputs(cfg, name)
+    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)
+    out = jax.eval_shape(module.apply, variables, *inputs)
+    return {"params": count_params(variables.get("params", {})),
+            "batch_stats": count_params(variables.get("batch_stats", {})),
+            "inputs": _shapes(inputs), "outputs": _shapes(out)}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+
+
+def measure_forward(cfg: ModelsConfig, name: str) -> dict:
+    """Run one jitted eval forward pass with real (random) inputs; return seconds and peak RSS."""
+    module, specs = example_inputs(cfg, name)
+    key = jax.random.PRNGKey(0)
+    inputs = tuple(None if s is None else
+                   (jnp.zeros(s.shape, s.dtype) if s.dtype != jnp.float32
+                    else jax.random.uniform(key, s.shape, s.dtype)) for s in specs)
+    variables = jax.jit(module.init)(key, *inputs)
+    fwd = jax.jit(module.apply)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fwd(variables, *inputs))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(fwd(variables, *inputs))
+    return {"compile_and_run_s": first, "run_s": time.perf_counter() - t0,
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="small", choices=["small", "paper"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--modules", default=",".join(MODULE_NAMES),
+                        help=f"comma-separated subset of {MODULE_NAMES}")
+    parser.add_argument("--measure_memory", action="store_true",
+                        help="run a real forward pass per module and report peak RSS")
+    args = parser.parse_args(argv)
+    cfg = get_config(args.config, jnp.dtype(args.dtype))
+    names = [n for n in args.modules.split(",") if n]
+    for name in names:
+        if name not in MODULE_NAMES:
+            parser.error(f"--modules: unknown module {name!r}; choose from {MODULE_NAMES}")
+
+    total = 0
+    for name in names:
+        info = describe(cfg, name)
+        total += info["params"]
+        print(f"{name}: params {info['params']:,} (+ batch_stats {info['batch_stats']:,})")
+        print(f"  inputs:  {info['inputs']}")
+        print(f"  outputs: {info['outputs']}")
+        if args.measure_memory:
+            m = measure_forward(cfg, name)
+            print(f"  forward ({jax.default_backend()}, batch 1, {args.dtype}): compile+run "
+                  f"{m['compile_and_run_s']:.2f} s, run {m['run_s']:.2f} s, peak RSS so far "
+                  f"{m['peak_rss_gib']:.2f} GiB")
+    print(f"total params: {total:,}")
+    print(f"gaussians: {cfg.generator.resolution ** 2}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
