@@ -1,12 +1,13 @@
 """Print parameter counts and input/output shapes of every network at a config.
 
     python -m ggtalker_jax.models.summary --config paper|small [--dtype bfloat16] [--measure_memory]
-        [--modules a2e,generator,color_mlp,inpainter]
+        [--measure_train] [--modules a2e,generator,color_mlp,inpainter]
 
 Shapes and counts come from ``jax.eval_shape`` (no memory is allocated, even at paper size). With
 ``--measure_memory`` each selected module additionally runs one real eval-mode forward pass (jit,
 batch 1) on the default device and the process's peak RSS (``resource.getrusage``) is reported after
-it; the peak is cumulative over the process, so run one module at a time for per-module numbers.
+it (``--measure_train``: one train-mode forward + backward); the peak is cumulative over the
+process, so run one module at a time for per-module numbers.
 The last line is ``gaussians: N`` (N = R * R of the generator output).
 """
 from __future__ import annotations
@@ -98,6 +99,35 @@ def measure_forward(cfg: ModelsConfig, name: str) -> dict:
             "peak_rss_gib": peak_rss_gib()}
 
 
+def measure_train_step(cfg: ModelsConfig, name: str) -> dict:
+    """Run one jitted train-mode forward + backward (gradient of the mean of every output w.r.t. the
+    parameters; BatchNorm in batch-statistics mode); return seconds and peak RSS."""
+    module, specs = example_inputs(cfg, name)
+    key = jax.random.PRNGKey(0)
+    inputs = tuple(None if s is None else
+                   (jnp.zeros(s.shape, s.dtype) if s.dtype != jnp.float32
+                    else jax.random.uniform(key, s.shape, s.dtype)) for s in specs)
+    variables = jax.jit(module.init)(key, *inputs)
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss(params):
+        kwargs = {"train": True, "mutable": ["batch_stats"]} if "batch_stats" in rest else {}
+        if name == "a2e":
+            kwargs = {"train": True, "rngs": {"dropout": key}}
+        out = module.apply({"params": params, **rest}, *inputs, **kwargs)
+        out = out[0] if "mutable" in kwargs else out
+        return sum(jnp.mean(x) for x in jax.tree_util.tree_leaves(out))
+
+    step = jax.jit(jax.grad(loss))
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(variables["params"]))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(variables["params"]))
+    return {"compile_and_run_s": first, "run_s": time.perf_counter() - t0,
+            "peak_rss_gib": peak_rss_gib()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="small", choices=["small", "paper"])
@@ -106,6 +136,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {MODULE_NAMES}")
     parser.add_argument("--measure_memory", action="store_true",
                         help="run a real forward pass per module and report peak RSS")
+    parser.add_argument("--measure_train", action="store_true",
+                        help="run a real forward + backward (train mode) per module, report RSS")
     args = parser.parse_args(argv)
     cfg = get_config(args.config, jnp.dtype(args.dtype))
     names = [n for n in args.modules.split(",") if n]
@@ -123,6 +155,11 @@ def main(argv=None) -> int:
         if args.measure_memory:
             m = measure_forward(cfg, name)
             print(f"  forward ({jax.default_backend()}, batch 1, {args.dtype}): compile+run "
+                  f"{m['compile_and_run_s']:.2f} s, run {m['run_s']:.2f} s, peak RSS so far "
+                  f"{m['peak_rss_gib']:.2f} GiB")
+        if args.measure_train:
+            m = measure_train_step(cfg, name)
+            print(f"  train fwd+bwd ({jax.default_backend()}, batch 1, {args.dtype}): compile+run "
                   f"{m['compile_and_run_s']:.2f} s, run {m['run_s']:.2f} s, peak RSS so far "
                   f"{m['peak_rss_gib']:.2f} GiB")
     print(f"total params: {total:,}")

@@ -1,0 +1,306 @@
+"""The talking-head avatar: one identity's learnable parts and the function that renders its frames.
+
+Data flow for one frame (DESIGN.md):
+
+    reference image --unwrap to UV--> generator --> UV Gaussian maps (+ per-identity UV refinement)
+    53-dim expression + pose --head model--> posed mesh --UV binding--> Gaussian means/quats/scales
+    colour = SH0 colour + ColorMLP(feature, expression)            (motion-aligned fine texture)
+    rasterize (RGB + feature channels, alpha) --> BodyInpainter(render, frame with head masked) --> frame
+
+Parameters (a dict pytree, so `optax.multi_transform` can pick groups per adaptation stage):
+    generator, generator_stats   Identity-Gaussian Generator weights and BatchNorm statistics
+    uv_delta                     per-identity refinement of the generated UV maps (adaptation stage 1)
+    head                         per-identity head-model parameters: shape [S], expression and pose
+                                 corrections per training frame [T, 53] / [T, 6]
+    color_mlp                    colour MLP
+    inpainter, inpainter_stats   Body Inpainter weights and BatchNorm statistics
+    a2e                          Audio-Expression diffusion transformer
+BatchNorm runs with its stored statistics (eval mode) during adaptation and rendering; only the priors
+update statistics.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ggtalker_jax import head as head_lib
+from ggtalker_jax import models
+from ggtalker_jax.head import uv as uv_lib
+from ggtalker_jax.render import rasterization
+from ggtalker_jax.render.camera import head_space_viewmat
+
+UV_MAP_KEYS = ("offset", "scale", "rotation", "opacity", "sh0", "feature")
+
+
+@dataclasses.dataclass(frozen=True)
+class AvatarConfig:
+    """Sizes of one avatar. `small()` runs on a CPU in seconds; `paper()` is GGTalker's size.
+
+    models_preset names a `ggtalker_jax.models` config ("small" | "paper"); the generator's output
+    resolution R is the UV resolution (R * R texels, the valid ones become Gaussians).
+    """
+    image_size: int = 64
+    head_model: str = "open"
+    models_preset: str = "small"
+    head_mask_dilation: int = 3          # pixels; the inpainter blends inside a dilated head mask
+    backend: str = "xla"                 # rasterizer backend ("pallas" on GPU)
+
+    @property
+    def models(self):
+        return models.get_config(self.models_preset)
+
+    @property
+    def uv_resolution(self) -> int:
+        return self.models.generator.resolution
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "AvatarConfig":
+        return AvatarConfig(**{f.name: d[f.name] for f in dataclasses.fields(AvatarConfig) if f.name in d})
+
+    @staticmethod
+    def small(image_size: int = 64) -> "AvatarConfig":
+        return AvatarConfig(image_size=image_size, models_preset="small")
+
+    @staticmethod
+    def paper() -> "AvatarConfig":
+        return AvatarConfig(image_size=512, models_preset="paper", backend="pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class AvatarStatic:
+    """What rendering needs besides the learnable parameters (no gradients flow into it).
+
+    head_model: `ggtalker_jax.head.HeadModel`; binding: `ggtalker_jax.head.uv.UVBinding` at the generator's
+    UV resolution; texel_uv [M, 2]: UV coordinates of the bound texels (colour MLP input).
+    """
+    config: AvatarConfig
+    head_model: Any
+    binding: Any
+    texel_uv: np.ndarray
+
+    @staticmethod
+    def build(config: AvatarConfig, head_model=None) -> "AvatarStatic":
+        model = head_lib.load(config.head_model) if head_model is None else head_model
+        binding = uv_lib.build_uv_binding(model, config.uv_resolution)
+        r = config.uv_resolution
+        texel_uv = (np.asarray(binding.texel_index, np.float32)[:, ::-1] + 0.5) / r  # (u, v) from (row, col)
+        return AvatarStatic(config, model, binding, texel_uv)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.binding.face.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Networks: construction and initialisation
+# ----------------------------------------------------------------------------------------------------
+def networks(config: AvatarConfig):
+    """The four Flax modules of one avatar config: (a2e, generator, color_mlp, inpainter)."""
+    m = config.models
+    return (models.A2ETransformer(m.a2e), models.IdentityGaussianGenerator(m.generator),
+            models.ColorMLP(m.color_mlp), models.BodyInpainter(m.inpainter))
+
+
+def init_network_params(rng, config: AvatarConfig) -> dict:
+    """Fresh network variables: {"a2e", "generator", "generator_stats", "color_mlp", "inpainter",
+    "inpainter_stats"} (what a prior checkpoint holds)."""
+    a2e, gen, cmlp, inp = networks(config)
+    m = config.models
+    k = jax.random.split(rng, 4)
+    r, s = config.uv_resolution, config.image_size
+    a2e_vars = a2e.init(k[0], jnp.zeros((1, 8, m.a2e.expr_dim)), jnp.zeros((1,), jnp.int32),
+                        jnp.zeros((1, 8, m.a2e.audio_dim)))
+    gen_vars = gen.init(k[1], jnp.zeros((1, r, r, m.generator.in_channels)))
+    n = 4
+    cmlp_vars = cmlp.init(k[2], jnp.zeros((n, m.color_mlp.feature_dim)), jnp.zeros((m.a2e.expr_dim,)),
+                          jnp.zeros((n, 2)) if m.color_mlp.num_uv_freqs else None)
+    fr = m.inpainter.render_feature_dim
+    img = jnp.zeros((1, s, s, 3))
+    one = jnp.zeros((1, s, s, 1))
+    inp_vars = inp.init(k[3], img, one, jnp.zeros((1, s, s, fr)) if fr else None, img, one)
+    return {"a2e": a2e_vars["params"],
+            "generator": gen_vars["params"], "generator_stats": gen_vars["batch_stats"],
+            "color_mlp": cmlp_vars["params"],
+            "inpainter": inp_vars["params"], "inpainter_stats": inp_vars["batch_stats"]}
+
+
+def init_identity_params(network_params: dict, static: AvatarStatic, tracking: dict) -> dict:
+    """Avatar parameters for one identity: the prior networks plus zero UV refinement and head
+    parameters initialised from tracking (`shape` [S]; per-frame corrections start at zero)."""
+    r = static.config.uv_resolution
+    gcfg = static.config.models.generator
+    channels = {"offset": 3, "scale": 3, "rotation": 4, "opacity": 1, "sh0": 3,
+                "feature": gcfg.feature_dim}
+    num_frames = int(np.asarray(tracking["expression"]).shape[0])
+    params = dict(network_params)
+    params["uv_delta"] = {k: jnp.zeros((r, r, c)) for k, c in channels.items()}
+    params["head"] = {"shape": jnp.asarray(tracking["shape"], jnp.float32),
+                      "expr_delta": jnp.zeros((num_frames, 53)),
+                      "pose_delta": jnp.zeros((num_frames, 6))}
+    return params
+
+
+# ----------------------------------------------------------------------------------------------------
+# From a reference image to UV Gaussian maps
+# ----------------------------------------------------------------------------------------------------
+def texel_points(static: AvatarStatic, vertices):
+    """Surface points of the bound texels on a mesh: vertices [..., V, 3] -> [..., M, 3]."""
+    faces = jnp.asarray(static.head_model.faces)[jnp.asarray(static.binding.face)]  # [M, 3]
+    corners = vertices[..., faces, :]                                                # [..., M, 3, 3]
+    return jnp.einsum("...mkc,mk->...mc", corners, jnp.asarray(static.binding.bary, vertices.dtype))
+
+
+def project(points, K):
+    """Head-space points [..., N, 3] -> pixel coordinates [..., N, 2] and camera depth [..., N]."""
+    view = head_space_viewmat()
+    cam = points @ view[:3, :3].T + view[:3, 3]
+    z = cam[..., 2]
+    uvw = cam @ jnp.asarray(K, points.dtype).T
+    return uvw[..., :2] / jnp.maximum(uvw[..., 2:3], 1e-6), z
+
+
+def bilinear_sample(image, xy):
+    """Samples image [H, W, C] at pixel coordinates xy [N, 2] (pixel centres at +0.5) -> [N, C]."""
+    h, w = image.shape[:2]
+    x = jnp.clip(xy[:, 0] - 0.5, 0.0, w - 1.0)
+    y = jnp.clip(xy[:, 1] - 0.5, 0.0, h - 1.0)
+    x0, y0 = jnp.floor(x).astype(jnp.int32), jnp.floor(y).astype(jnp.int32)
+    x1, y1 = jnp.minimum(x0 + 1, w - 1), jnp.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def reference_uv_input(static: AvatarStatic, image, vertices, K):
+    """The generator's input from one reference frame: [R, R, 7] =
+    reference RGB unwrapped into UV with the tracked mesh (zero where the texel faces away from the
+    camera or falls outside the frame) | canonical (template) surface position per texel, scaled to about
+    [-1, 1] | UV valid mask.
+
+    image [H, W, 3] in [0, 1]; vertices [V, 3] posed reference mesh in head space; K [3, 3].
+    """
+    r = static.config.uv_resolution
+    h, w = image.shape[:2]
+    points = texel_points(static, vertices)
+    xy, z = project(points, K)
+    # Facing test: the posed triangle's normal against the direction to the camera (at the origin).
+    tri = vertices[jnp.asarray(static.head_model.faces)[jnp.asarray(static.binding.face)]]
+    normal = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    facing = jnp.sum(normal * -points, axis=-1) > 0
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h) & (z > 0)
+    colour = bilinear_sample(jnp.asarray(image, jnp.float32), xy) * (facing & inside)[:, None]
+    canon = texel_points(static, jnp.asarray(static.head_model.v_template, jnp.float32))
+    centre = jnp.mean(canon, axis=0)
+    canon = (canon - centre) / (jnp.max(jnp.abs(canon - centre)) + 1e-8)
+    rows, cols = np.asarray(static.binding.texel_index).T
+    out = jnp.zeros((r, r, 7), jnp.float32)
+    out = out.at[rows, cols, 0:3].set(colour)
+    out = out.at[rows, cols, 3:6].set(canon)
+    return out.at[rows, cols, 6].set(1.0)
+
+
+def generate_uv_maps(params: dict, static: AvatarStatic, uv_input):
+    """Generator (eval-mode BatchNorm) + the identity's UV refinement: uv_input [R, R, Cin] -> dict of
+    [R, R, k] maps (offset, scale, rotation, opacity, sh0, feature)."""
+    _, gen, _, _ = networks(static.config)
+    maps = gen.apply({"params": params["generator"], "batch_stats": params["generator_stats"]},
+                     uv_input[None], train=False)
+    maps = {k: v[0] for k, v in maps.items()}
+    return apply_uv_delta(maps, params.get("uv_delta"))
+
+
+def apply_uv_delta(maps: dict, delta: dict | None) -> dict:
+    """Refines generated UV maps in each quantity's natural space (log for scale, logit for opacity),
+    keeping every value valid. delta: dict of [R, R, k] (zeros = no change) or None."""
+    if delta is None:
+        return maps
+    rot = maps["rotation"] + delta["rotation"]
+    opacity = jnp.clip(maps["opacity"], 1e-6, 1 - 1e-6)
+    logit = jnp.log(opacity) - jnp.log1p(-opacity) + delta["opacity"]
+    return {"offset": maps["offset"] + delta["offset"],
+            "scale": maps["scale"] * jnp.exp(delta["scale"]),
+            "rotation": rot / jnp.linalg.norm(rot, axis=-1, keepdims=True).clip(1e-8),
+            "opacity": jax.nn.sigmoid(logit),
+            "sh0": maps["sh0"] + delta["sh0"],
+            "feature": maps["feature"] + delta["feature"]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Frames
+# ----------------------------------------------------------------------------------------------------
+def posed_vertices(static: AvatarStatic, shape, frame: dict):
+    """Head-model vertices for frames: frame holds [B, ...] arrays `expression53` [B, 53], `global_rot`,
+    `translation`, `neck_pose` [B, 3] and `eye_pose` [B, 6] (missing ones are zero) -> [B, V, 3]."""
+    expression, jaw = head_lib.split_expression53(frame["expression53"])
+    b = expression.shape[0]
+    zeros3 = jnp.zeros((b, 3))
+    return head_lib.forward(
+        static.head_model, shape=jnp.broadcast_to(shape, (b, shape.shape[-1])), expression=expression,
+        jaw_pose=jaw, neck_pose=frame.get("neck_pose", zeros3), eye_pose=frame.get("eye_pose", jnp.zeros((b, 6))),
+        global_rot=frame.get("global_rot", zeros3), translation=frame.get("translation", zeros3)).vertices
+
+
+def frame_gaussians(params: dict, static: AvatarStatic, uv_maps: dict, vertices, expression53):
+    """Gaussians of one frame: vertices [V, 3], expression53 [53] -> dict of means [M, 3], quats [M, 4],
+    scales [M, 3], opacities [M], colors [M, 3 + Fr] (RGB then rendered feature channels)."""
+    rows, cols = np.asarray(static.binding.texel_index).T
+    g = {k: v[rows, cols] for k, v in uv_maps.items()}
+    means, quats, scales = uv_lib.bind_gaussians(static.binding, vertices, static.head_model.faces,
+                                                 g["offset"], g["rotation"], g["scale"])
+    _, _, cmlp, _ = networks(static.config)
+    residual = cmlp.apply({"params": params["color_mlp"]}, g["feature"], expression53,
+                          jnp.asarray(static.texel_uv) if static.config.models.color_mlp.num_uv_freqs else None)
+    rgb = models.sh0_to_rgb(g["sh0"]) + residual
+    fr = static.config.models.inpainter.render_feature_dim
+    colors = jnp.concatenate([rgb, g["feature"][:, :fr]], axis=-1)
+    return {"means": means, "quats": quats, "scales": scales, "opacities": g["opacity"][:, 0],
+            "colors": colors}
+
+
+def dilate_mask(mask, pixels: int):
+    """Binary dilation of masks [B, H, W, 1] by a square of half-width `pixels` (max-pool)."""
+    if pixels <= 0:
+        return mask
+    k = 2 * pixels + 1
+    return jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, 1, 1, 1), "SAME")
+
+
+def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks):
+    """Renders a batch of frames of one identity.
+
+    frame: per-frame head parameters (see `posed_vertices`), leading dim B.
+    K [3, 3]: intrinsics of the prepared crop. frames [B, H, W, 3] in [0, 1]: the original frames (only
+    their body/background is used: the dilated head region is masked out). head_masks [B, H, W, 1].
+    Returns dict: `image` [B, H, W, 3] (inpainter output), `head_rgb` [B, H, W, 3] (render over black),
+    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr], `inpaint_mask` [B, H, W, 1].
+    """
+    cfg = static.config
+    s = cfg.image_size
+    vertices = posed_vertices(static, params["head"]["shape"], frame)
+    view = head_space_viewmat()[None]
+    Ks = jnp.asarray(K, jnp.float32)[None]
+
+    def one(v, e):
+        g = frame_gaussians(params, static, uv_maps, v, e)
+        colors, alphas, _ = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"],
+                                          view, Ks, s, s, backend=cfg.backend)
+        return colors[0], alphas[0]
+
+    colors, alphas = jax.vmap(one)(vertices, frame["expression53"])
+    head_rgb, head_feat = colors[..., :3], colors[..., 3:]
+    mask = dilate_mask(jnp.maximum(head_masks, (alphas > 0.05).astype(alphas.dtype)), cfg.head_mask_dilation)
+    masked = frames * (1.0 - mask)
+    _, _, _, inp = networks(cfg)
+    fr = cfg.models.inpainter.render_feature_dim
+    image = inp.apply({"params": params["inpainter"], "batch_stats": params["inpainter_stats"]},
+                      jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, masked, mask, train=False)
+    return {"image": image, "head_rgb": head_rgb, "head_alpha": alphas, "head_features": head_feat,
+            "inpaint_mask": mask}
