@@ -194,6 +194,8 @@ def predict_expressions(config: A2EConfig, params: Any, audio_features, rng, num
                          f"{audio_features.shape}")
     if not 0 <= style_id < config.num_styles:
         raise ValueError(f"predict_expressions style_id: {style_id} not in [0, {config.num_styles})")
+    # jnp leaves: A2ETransformer indexes a param table with traced ints, which numpy leaves cannot do.
+    params = jax.tree.map(jnp.asarray, params)
     apply_fn = diffusion.make_a2e_apply_fn(A2ETransformer(config))
     schedule = diffusion.cosine_schedule(config.num_train_steps)
     return diffusion.sample_long(apply_fn, {"params": params}, audio_features, rng, window,
