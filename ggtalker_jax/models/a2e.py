@@ -110,7 +110,7 @@ class A2ETransformer(nn.Module):
         frames = noisy_expr if prev_expr is None else jnp.concatenate([prev_expr, noisy_expr], 1)
         tokens = expr_proj(frames.astype(cfg.dtype))
         types = jnp.concatenate([jnp.zeros((num_prev,), jnp.int32), jnp.ones((t,), jnp.int32)])
-        tokens = (tokens + type_table[types][None] + sinusoidal_embedding(jnp.arange(num_prev + t), d)
+        tokens = (tokens + jnp.asarray(type_table)[types][None] + sinusoidal_embedding(jnp.arange(num_prev + t), d)
                   + cond[:, None, :])
         tokens = tokens.astype(cfg.dtype)
 

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import flax.struct
 import jax
