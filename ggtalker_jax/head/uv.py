@@ -80,7 +80,7 @@ def build_uv_binding(model, resolution: int) -> UVBinding:
     return UVBinding(R, mask, np.stack([texel_rows, texel_cols], -1).astype(np.int32), face, bary, per_face)
 
 
-def _normalize(v, eps=1e-12):
+def _normalize(v, eps=1e-30):   # tiny eps: triangles here are millimetres, |n|^2 ~ 1e-13
     return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + eps)
 
 
@@ -114,7 +114,7 @@ def triangle_frames(vertices, faces):
     e1 = tri[:, 1] - tri[:, 0]
     e2 = tri[:, 2] - tri[:, 0]
     n = jnp.cross(e1, e2)
-    area = 0.5 * jnp.sqrt(jnp.sum(n * n, -1) + 1e-20)
+    area = 0.5 * jnp.sqrt(jnp.sum(n * n, -1) + 1e-30)
     t = _normalize(e1)
     nrm = _normalize(n)
     b = jnp.cross(nrm, t)
