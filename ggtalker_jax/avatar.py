@@ -285,10 +285,11 @@ def dilate_mask(mask, pixels: int):
 
 
 def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks,
-                  train: bool = False):
+                  train: bool = False, shape=None):
     """Renders a batch of frames of one identity.
 
-    frame: per-frame head parameters (see `posed_vertices`), leading dim B.
+    frame: per-frame head parameters (see `posed_vertices`), leading dim B. shape [S]: the head's shape
+    coefficients (default: the identity's own, params["head"]["shape"]).
     K [3, 3]: intrinsics of the prepared crop. frames [B, H, W, 3] in [0, 1]: the original frames (only
     their body/background is used: the dilated head region is masked out). head_masks [B, H, W, 1].
     Returns dict: `image` [B, H, W, 3] (inpainter output), `head_rgb` [B, H, W, 3] (render over black),
@@ -297,7 +298,7 @@ def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict
     """
     cfg = static.config
     s = cfg.image_size
-    vertices = posed_vertices(static, params["head"]["shape"], frame)
+    vertices = posed_vertices(static, params["head"]["shape"] if shape is None else shape, frame)
     view = head_space_viewmat()[None]
     Ks = jnp.asarray(K, jnp.float32)[None]
 

@@ -49,7 +49,7 @@ class EVPriorConfig:
 
 
 def make_step(static, config: EVPriorConfig, trainable: tuple[str, ...]):
-    """A jitted step(params, opt_state, rng, batch, uv_input, K) -> (params, opt_state, metrics)."""
+    """A jitted step(params, opt_state, rng, batch, uv_input, K, shape) -> (params, opt_state, metrics)."""
     a2e_module = avatar_lib.networks(static.config)[0]
     schedule = diffusion.cosine_schedule(static.config.models.a2e.num_train_steps)
     tx = optax.multi_transform(
@@ -57,13 +57,13 @@ def make_step(static, config: EVPriorConfig, trainable: tuple[str, ...]):
          "frozen": optax.set_to_zero()},
         lambda p: {k: jax.tree.map(lambda _: "train" if k in trainable else "frozen", v) for k, v in p.items()})
 
-    def loss_fn(params, rng, batch, uv_input, K):
+    def loss_fn(params, rng, batch, uv_input, K, shape):
         sel = batch["render_pick"]
         frame = {"expression53": batch["expression53"][sel],
                  **{k: batch[k][sel] for k in ("global_rot", "translation", "eye_pose", "neck_pose")}}
         uv_maps, gen_stats = avatar_lib.generate_uv_maps(params, static, uv_input, train=True)
         out = avatar_lib.render_frames(params, static, uv_maps, frame, K, batch["frames"], batch["head_masks"],
-                                       train=True)
+                                       train=True, shape=shape)
         gt = batch["frames"]
         l_img, parts = losses.photometric_loss(out["image"], gt)
         head_comp = out["head_rgb"] + (1.0 - out["head_alpha"]) * gt * (1.0 - batch["head_masks"])
@@ -84,9 +84,9 @@ def make_step(static, config: EVPriorConfig, trainable: tuple[str, ...]):
         return total, (metrics, gen_stats, out["inpainter_stats"])
 
     @jax.jit
-    def step(params, opt_state, rng, batch, uv_input, K):
+    def step(params, opt_state, rng, batch, uv_input, K, shape):
         (_, (metrics, gen_stats, inp_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, rng, batch, uv_input, K)
+            params, rng, batch, uv_input, K, shape)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         params = {**params, "generator_stats": gen_stats, "inpainter_stats": inp_stats}
@@ -112,7 +112,8 @@ def train_small_priors(priors_dir: str, subject_dirs: list[str], avatar_config: 
         subject = subjects[i % len(subjects)]
         batch = subject.sample_batch(np_rng, config.window, config.batch_size)
         rng, k = jax.random.split(rng)
-        params, opt_state, metrics = step(params, opt_state, k, batch, subject.uv_input, subject.K)
+        params, opt_state, metrics = step(params, opt_state, k, batch, subject.uv_input, subject.K,
+                                          subject.tracking["shape"])
         metrics = {key: float(v) for key, v in metrics.items()}
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"prior training: loss became {metrics['loss']} at step {i}")
