@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 
-def run_demo(out_dir: str, seconds: float = 6.0, steps_per_stage: int = 20, prior_steps: int = 100,
+def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prior_steps: int = 400,
              image_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
     from ggtalker_jax import avatar as avatar_lib
     from ggtalker_jax.audio import io as audio_io
@@ -77,9 +77,9 @@ def main(argv) -> int:
     from ggtalker_jax.cli import parse_flags
     fv = flags.FlagValues()
     flags.DEFINE_string("out", "demo_out", "output directory", flag_values=fv)
-    flags.DEFINE_float("seconds", 6.0, "length of the default subject's video", flag_values=fv)
-    flags.DEFINE_integer("steps_per_stage", 20, "adaptation steps per stage", flag_values=fv)
-    flags.DEFINE_integer("prior_steps", 100, "steps of the quick small priors when none are bundled",
+    flags.DEFINE_float("seconds", 8.0, "length of the default subject's video", flag_values=fv)
+    flags.DEFINE_integer("steps_per_stage", 60, "adaptation steps per stage", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 400, "steps of the quick small priors when none are bundled",
                          flag_values=fv)
     flags.DEFINE_integer("image_size", 64, "render size of the avatar", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "seed of the default subject", flag_values=fv)

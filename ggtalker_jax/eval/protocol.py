@@ -79,6 +79,11 @@ def _mouth_track(frames_u8, static, params, expr, poses, K):
     return model_mouth_opening(static, params, expr, poses, K), lmk, "head-model landmarks"
 
 
+def _sync(energy, mouth):
+    """Lip sync over offsets of up to 15 frames (fewer on very short clips)."""
+    return metrics.sync_score(energy, mouth, max_offset=min(15, max(0, (len(energy) - 3) // 2)))
+
+
 def _drive(static, params, data, info, wav, sr, opts):
     from ggtalker_jax.audio import features as audio_features
     from ggtalker_jax.infer import driving_poses, predict_expressions
@@ -124,7 +129,7 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
     wav, sr = audio_io.load_audio(os.path.join(data.root, "audio.wav"), sr=16000)
     energy_all = metrics.audio_energy_per_frame(wav, sr, data.fps, num_frames=data.num_frames)
     energy = energy_all[test]
-    sync = metrics.sync_score(energy, mouth_pred, max_offset=min(15, len(test) // 3))
+    sync = _sync(energy, mouth_pred)
     aue = metrics.aue(expr, data.expression53[test])
     self_recon = {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "lmd": lmd,
                   "lmd_frames": int(ok.sum()), "sync_offset_frames": int(sync.best_offset_frames),
@@ -160,7 +165,7 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
             frames = _render_sequence(static, params, data, e, p, src)
             mouth, _, msrc = _mouth_track(to_u8(frames), static, params, e, p, data.K)
             en = metrics.audio_energy_per_frame(w, s, data.fps, num_frames=len(e))
-            sc = metrics.sync_score(en, mouth, max_offset=min(15, len(e) // 3))
+            sc = _sync(en, mouth)
             rows.append({"audio": os.path.abspath(path), "frames": int(len(e)),
                          "sync_offset_frames": int(sc.best_offset_frames), "sync_confidence": float(sc.confidence),
                          "mouth_source": msrc})
@@ -197,7 +202,7 @@ def _speed(static, params, data, expr, poses, idx) -> dict:
     @jax.jit
     def raster(g):
         return jax.vmap(lambda m, q, sc, o, c: rasterization(m, q, sc, o, c, view, jnp.asarray(data.K)[None], s, s,
-                                                             backend=static.config.backend)[0])(
+                                                             backend=static.config.backend)[0][0])(
             g["means"], g["quats"], g["scales"], g["opacities"], g["colors"])
 
     colors = raster(g)

@@ -253,11 +253,10 @@ def load_adapted(workdir: str):
                                 "`ggtalker adapt --data PREPARED_DIR --workdir DIR` first")
     with open(path) as f:
         info = json.load(f)
-    from ggtalker_jax.train import priors as priors_lib
     avatar_cfg = avatar_lib.AvatarConfig.from_dict(info["avatar"])
     static = avatar_lib.AvatarStatic.build(avatar_cfg)
     data = SubjectData.load(info["data"], static)
-    network_params, _ = priors_lib.load_or_init(None, avatar_cfg)
+    network_params = avatar_lib.init_network_params(jax.random.PRNGKey(0), avatar_cfg)   # structure only
     template = avatar_lib.init_identity_params(network_params, static, data.tracking)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     restored = ckpt.restore_latest(template)
