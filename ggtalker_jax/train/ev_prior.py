@@ -124,3 +124,80 @@ def train_small_priors(priors_dir: str, subject_dirs: list[str], avatar_config: 
         provenance["a2e"] = {"steps": num_steps, "trained_with": "ev_prior.train_small_priors"}
     priors_lib.save_priors(priors_dir, params, avatar_config, provenance)
     return {"history": history, **provenance}
+
+
+def train_ev_prior(data_dirs: list[str], workdir: str, avatar_config: avatar_lib.AvatarConfig, num_steps: int,
+                   checkpoint_every: int = 200, config: EVPriorConfig = EVPriorConfig(train_a2e=False),
+                   sample_every: int = 200, priors_dir: str | None = None, progress: bool = True) -> dict:
+    """The Expression-Visual prior trainer: resumable (Orbax, params + optimizer state + RNG + step),
+    TensorBoard scalars, a tqdm bar, ground-truth/render sample grids as PNG, export into `priors_dir`.
+
+    Subjects are visited round-robin, one identity's reference + `batch_size` of its frames per step (the
+    generator's BatchNorm sees one reference per step). Data-parallel scaling lives in
+    `ggtalker_jax.train.trainer` (used by the A2E prior); this loop runs on one device.
+    """
+    import cv2
+
+    from ggtalker_jax.train.checkpoint import Checkpointer
+    from ggtalker_jax.train.logging import TrainLogger
+
+    static = avatar_lib.AvatarStatic.build(avatar_config)
+    subjects = [SubjectData.load(d, static) for d in data_dirs]
+    params = avatar_lib.init_network_params(jax.random.PRNGKey(config.seed), avatar_config)
+    trainable = EV_GROUPS + (("a2e",) if config.train_a2e else ())
+    tx, step = make_step(static, config, trainable)
+    state = {"params": params, "opt": tx.init(params), "rng": jax.random.key_data(jax.random.PRNGKey(config.seed)),
+             "step": jnp.int32(0)}
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    restored = ckpt.restore_latest(state)
+    start = 0
+    if restored is not None:
+        state, meta = restored
+        start = int(meta["step"])
+        print(f"resumed at step {start}")
+    logger = TrainLogger(workdir, num_steps, start_step=start, progress=progress)
+    params, opt_state = state["params"], state["opt"]
+    rng = jax.random.wrap_key_data(jnp.asarray(state["rng"]))
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    metrics = {}
+    for i in range(start, num_steps):
+        subject = subjects[i % len(subjects)]
+        np_rng = np.random.default_rng([config.seed, i])            # the data position is the step: exact resume
+        batch = subject.sample_batch(np_rng, config.window, config.batch_size)
+        rng, k = jax.random.split(rng)
+        params, opt_state, metrics = step(params, opt_state, k, batch, subject.uv_input, subject.K,
+                                          subject.tracking["shape"])
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"EV prior: loss is {loss} at step {i}; the last good checkpoint is step "
+                                     f"{ckpt.latest()} in {ckpt.directory}")
+        logger.scalars(i + 1, {k: float(v) for k, v in metrics.items()})
+        logger.advance(i + 1, loss)
+        if (i + 1) % checkpoint_every == 0 or i + 1 == num_steps:
+            ckpt.save(i + 1, {"params": params, "opt": opt_state, "rng": jax.random.key_data(rng),
+                              "step": jnp.int32(i + 1)}, {"step": i + 1})
+        if sample_every and ((i + 1) % sample_every == 0 or i + 1 == num_steps):
+            grid = _sample_grid(params, static, subject, batch)
+            cv2.imwrite(os.path.join(workdir, "samples", f"ev_step{i + 1:07d}.png"), grid[..., ::-1])
+            logger.image(i + 1, "samples/render", grid)
+    logger.close()
+    ckpt.close()
+    provenance = {"ev": {"steps": num_steps, "subjects": [os.path.abspath(d) for d in data_dirs],
+                         "final": {k: float(v) for k, v in metrics.items()}}}
+    priors_lib.update_priors(priors_dir or os.path.join(workdir, "priors"), avatar_config,
+                             {k: params[k] for k in ("generator", "generator_stats", "color_mlp", "inpainter",
+                                                     "inpainter_stats")}, provenance)
+    return provenance
+
+
+def _sample_grid(params, static, subject, batch) -> np.ndarray:
+    """[2H, B*W, 3] uint8: ground truth over render (eval-mode BatchNorm)."""
+    sel = batch["render_pick"]
+    frame = {"expression53": jnp.asarray(batch["expression53"][sel]),
+             **{k: jnp.asarray(batch[k][sel]) for k in ("global_rot", "translation", "eye_pose", "neck_pose")}}
+    uv_maps = avatar_lib.generate_uv_maps(params, static, subject.uv_input)
+    out = avatar_lib.render_frames(params, static, uv_maps, frame, subject.K, jnp.asarray(batch["frames"]),
+                                   jnp.asarray(batch["head_masks"]), shape=jnp.asarray(subject.tracking["shape"]))
+    top = np.concatenate(list(batch["frames"]), 1)
+    bottom = np.concatenate(list(np.asarray(out["image"])), 1)
+    return (np.clip(np.concatenate([top, bottom], 0), 0, 1) * 255).astype(np.uint8)
