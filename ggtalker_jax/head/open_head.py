@@ -211,17 +211,10 @@ def _bumps(verts, specs):
 
 def _front_point(verts, faces, xy):
     """Face index and barycentrics of the front-most surface point at frontal position (x, y)."""
+    from ggtalker_jax.head.uv import barycentric_2d
     tri = verts[faces]                                                    # [F, 3, 3]
-    a, b, c = tri[:, 0, :2], tri[:, 1, :2], tri[:, 2, :2]
-    p = np.asarray(xy)[None]
-    v0, v1, v2 = b - a, c - a, p - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    ok = np.abs(den) > 1e-14
-    den = np.where(ok, den, 1.0)
-    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    l0 = 1 - l1 - l2
-    inside = ok & (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
+    (l0, l1, l2), inside = barycentric_2d(tri[:, 0, :2], tri[:, 1, :2], tri[:, 2, :2], np.asarray(xy)[None],
+                                          min_det=1e-14)
     zs = l0 * tri[:, 0, 2] + l1 * tri[:, 1, 2] + l2 * tri[:, 2, 2]
     zs = np.where(inside, zs, -np.inf)
     f = int(np.argmax(zs))

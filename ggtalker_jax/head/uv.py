@@ -34,6 +34,20 @@ class UVBinding:
         return int(self.face.shape[0])
 
 
+def barycentric_2d(a, b, c, p, min_det: float):
+    """Barycentric coordinates of points p in triangles (a, b, c), all [..., 2] (numpy) ->
+    ((l0, l1, l2) each [...], inside [...] bool); triangles with |det| <= min_det count as outside."""
+    v0, v1, v2 = b - a, c - a, p - a
+    den = v0[..., 0] * v1[..., 1] - v1[..., 0] * v0[..., 1]
+    ok = np.abs(den) > min_det
+    den = np.where(ok, den, 1.0)
+    l1 = (v2[..., 0] * v1[..., 1] - v1[..., 0] * v2[..., 1]) / den
+    l2 = (v0[..., 0] * v2[..., 1] - v2[..., 0] * v0[..., 1]) / den
+    l0 = 1 - l1 - l2
+    eps = 1e-9
+    return (l0, l1, l2), ok & (l0 >= -eps) & (l1 >= -eps) & (l2 >= -eps)
+
+
 def build_uv_binding(model, resolution: int) -> UVBinding:
     """Rasterises the UV layout: texel (row i, col j) has its centre at uv = ((j + .5)/R, (i + .5)/R).
     Each texel goes to the first triangle containing it (shared edges: one owner)."""
@@ -53,17 +67,7 @@ def build_uv_binding(model, resolution: int) -> UVBinding:
     cx = lo[face_of, 0] + local % w[face_of]
     cy = lo[face_of, 1] + local // w[face_of]
     t = tri[face_of]
-    a, b, c = t[:, 0], t[:, 1], t[:, 2]
-    v0, v1 = b - a, c - a
-    v2 = np.stack([cx, cy], -1) - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    ok = np.abs(den) > 1e-12
-    den = np.where(ok, den, 1.0)
-    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    l0 = 1 - l1 - l2
-    eps = 1e-9
-    inside = ok & (l0 >= -eps) & (l1 >= -eps) & (l2 >= -eps)
+    (l0, l1, l2), inside = barycentric_2d(t[:, 0], t[:, 1], t[:, 2], np.stack([cx, cy], -1), min_det=1e-12)
     flat = (cy * R + cx)[inside]
     order = np.argsort(flat, kind="stable")
     flat_sorted = flat[order]
