@@ -146,3 +146,17 @@ def test_rotmat_to_quat_round_trip():
 def test_unknown_head_model_path_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="generic_model.pkl"):
         head.load("/nonexistent/flame.pkl")
+
+
+def test_flame_npz_becomes_a_head_model_with_flame_semantics(tmp_path):
+    rng = np.random.default_rng(1)
+    v = 12
+    arrays = {"v_template": rng.normal(size=(v, 3)), "f": rng.integers(0, v, (8, 3)).astype(np.uint32),
+              "shapedirs": rng.normal(size=(v, 3, 400)) * 1e-3, "posedirs": rng.normal(size=(v, 3, 36)) * 1e-3,
+              "J_regressor": rng.random((5, v)), "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]]),
+              "weights": np.full((v, 5), 0.2)}
+    np.savez(tmp_path / "flame.npz", **arrays)
+    model = head.load(str(tmp_path / "flame.npz"), num_shape=10)
+    assert model.shapedirs.shape == (v, 3, 10) and model.exprdirs.shape == (v, 3, 50) and model.parents == (-1, 0, 1, 1, 1)
+    moved = head.forward(model, expression=jnp.zeros(50).at[0].set(1.0))
+    np.testing.assert_allclose(moved.vertices, arrays["v_template"] + arrays["shapedirs"][:, :, 300], atol=1e-5)

@@ -1,172 +1,383 @@
-"""Reading the official FLAME files without trusting them.
+"""Safe loading of the official FLAME model files, without chumpy and without arbitrary unpickling.
 
-FLAME's `generic_model.pkl` is a Python-2 pickle of chumpy `Ch` objects and a scipy sparse matrix. Loading it
-with `pickle.load` would import chumpy (unmaintained, broken on NumPy 2) and, worse, would run whatever a
-tampered file asks for. `SafeFlameUnpickler.find_class` resolves only an allow-list of names (the numpy
-reconstruction helpers, and inert stand-ins for chumpy's `Ch` and scipy's csc/csr matrices that become plain
-arrays); every other name is refused with `UnsafePickleError` before anything from the file runs.
+The official FLAME ``generic_model.pkl`` (FLAME 2020 / 2023) is a Python-2 pickle of a dict whose
+values are numpy arrays, chumpy ``Ch`` objects (the array lives in the state dict under ``x``) and a
+``scipy.sparse`` ``csc_matrix`` (``J_regressor``). Unpickling it the ordinary way imports chumpy and
+scipy and, more importantly, lets the file call any importable callable. Here a restricted
+``pickle.Unpickler`` resolves only an explicit allow-list of names to inert stand-ins or to numpy's
+own array reconstructors; every other global is refused with :class:`UnsafePickleError` before
+anything in the file runs.
+
+Public API:
+  * :func:`load_flame_arrays` -- ``generic_model.pkl`` or an ``.npz`` with the same keys -> dict of
+    plain numpy arrays laid out as the FLAME PyTorch code uses them.
+  * :func:`load_landmark_embedding` -- FLAME's ``mediapipe_landmark_embedding.npz`` -> dict.
+  * :class:`UnsafePickleError` -- a ``ValueError`` naming the file and the refused ``module.name``.
 """
+
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import zipfile
+from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "FLAME_STORED_SHAPE_COMPONENTS",
+    "UnsafePickleError",
+    "load_flame_arrays",
+    "load_landmark_embedding",
+]
+
+# FLAME's ``shapedirs`` stores the identity (shape) basis first, then the expression basis.
+FLAME_STORED_SHAPE_COMPONENTS = 300
+
+_REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
+
 
 class UnsafePickleError(ValueError):
-    """A pickle asked for a class or function outside the FLAME allow-list."""
+    """A pickle referenced a global outside the FLAME allow-list; nothing from it was executed."""
 
 
-class _ChStandIn:
-    """Replaces chumpy.Ch: keeps the pickled state; `.array` is its value (`x`)."""
-
-    def __setstate__(self, state):
-        self.state = state
-
-    @property
-    def array(self):
-        x = self.state.get("x") if isinstance(self.state, dict) else None
-        if x is None:
-            raise ValueError("chumpy object without an 'x' array")
-        return np.asarray(x)
+# ---------------------------------------------------------------------------------------------
+# Inert stand-ins for the classes a FLAME pickle references.
+# ---------------------------------------------------------------------------------------------
 
 
-class _SparseStandIn:
-    """Replaces scipy.sparse csc/csr matrices: builds the dense array from data/indices/indptr."""
-    layout = "csc"
+class _ChumpyArray:
+    """Stand-in for ``chumpy.ch.Ch``: keeps the pickled state dict; the array is ``state['x']``."""
 
-    def __setstate__(self, state):
-        self.state = state
+    __slots__ = ("state",)
 
-    @property
-    def array(self):
-        s = self.state
-        shape = tuple(s.get("_shape") or s.get("shape"))
-        data, indices, indptr = np.asarray(s["data"]), np.asarray(s["indices"]), np.asarray(s["indptr"])
-        dense = np.zeros(shape, data.dtype)
-        major = shape[1] if self.layout == "csc" else shape[0]
-        for j in range(major):
-            rows = indices[indptr[j]:indptr[j + 1]]
-            vals = data[indptr[j]:indptr[j + 1]]
-            if self.layout == "csc":
-                dense[rows, j] = vals
-            else:
-                dense[j, rows] = vals
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "state", state)
+
+    def to_array(self, where: str) -> np.ndarray:
+        state = getattr(self, "state", None)
+        if not isinstance(state, dict) or "x" not in state:
+            raise ValueError(f"{where}: chumpy Ch object has no array under 'x' in its pickled state")
+        return np.asarray(state["x"])
+
+
+class _SparseMatrix:
+    """Stand-in for scipy's ``csc_matrix``/``csr_matrix``: densified from data/indices/indptr/shape."""
+
+    __slots__ = ("state",)
+    compressed_axis: int = 1  # csc: indptr runs over columns
+
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "state", state)
+
+    def to_array(self, where: str) -> np.ndarray:
+        state = getattr(self, "state", None)
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: sparse matrix has no state dict in the pickle")
+        missing = [k for k in ("data", "indices", "indptr") if k not in state]
+        shape = state.get("_shape", state.get("shape"))
+        if missing or shape is None:
+            raise ValueError(f"{where}: sparse matrix state lacks {missing or ['_shape']}")
+        data = np.asarray(state["data"])
+        indices = np.asarray(state["indices"]).astype(np.int64)
+        indptr = np.asarray(state["indptr"]).astype(np.int64)
+        rows, cols = (int(s) for s in shape)
+        major = cols if self.compressed_axis == 1 else rows
+        minor = rows if self.compressed_axis == 1 else cols
+        if (
+            indptr.ndim != 1 or indptr.shape[0] != major + 1 or indptr[0] != 0
+            or np.any(np.diff(indptr) < 0) or indptr[-1] != data.shape[0]
+            or indices.shape != data.shape or data.ndim != 1
+            or (indices.size and (indices.min() < 0 or indices.max() >= minor))
+        ):
+            raise ValueError(f"{where}: inconsistent sparse matrix (shape {shape}, "
+                             f"{data.shape[0]} values, indptr of length {indptr.shape[0]})")
+        major_index = np.repeat(np.arange(major), np.diff(indptr))
+        dense = np.zeros((rows, cols), dtype=data.dtype)
+        if self.compressed_axis == 1:
+            np.add.at(dense, (indices, major_index), data)
+        else:
+            np.add.at(dense, (major_index, indices), data)
         return dense
 
 
-class _CsrStandIn(_SparseStandIn):
-    layout = "csr"
+class _CscMatrix(_SparseMatrix):
+    compressed_axis = 1
 
 
-def _safe_reconstructor(cls, base, state):
-    """copyreg._reconstructor restricted to the stand-ins (what protocol-0/2 pickles of Ch objects use)."""
-    if cls not in (_ChStandIn, _SparseStandIn, _CsrStandIn) or base is not object:
-        raise UnsafePickleError(f"refusing to reconstruct {cls!r} from base {base!r}")
+class _CsrMatrix(_SparseMatrix):
+    compressed_axis = 0
+
+
+_STANDIN_CLASSES = (_ChumpyArray, _CscMatrix, _CsrMatrix)
+
+
+class _NdarrayToken:
+    """What ``numpy.ndarray`` resolves to: only usable as the subtype argument of ``_reconstruct``."""
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` restricted to plain ndarrays of shape (0,)."""
+    if subtype is not _NdarrayToken:
+        raise UnsafePickleError(f"_reconstruct called with a non-ndarray type {subtype!r}")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
+
+
+def _safe_copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """``copyreg._reconstructor`` that only instantiates the stand-ins, from plain ``object``."""
+    if cls not in _STANDIN_CLASSES or base is not object or state is not None:
+        raise UnsafePickleError(f"copyreg._reconstructor refused for {cls!r} (base {base!r})")
     return object.__new__(cls)
 
 
-def _latin1_encode(text, encoding="latin1"):
-    """`_codecs.encode` as Python-3 protocol-2 pickles use it for raw bytes; nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin1")
+def _safe_copyreg_newobj(cls: Any, *args: Any) -> Any:
+    """``copyreg.__newobj__`` that only instantiates the stand-ins."""
+    if cls not in _STANDIN_CLASSES or args:
+        raise UnsafePickleError(f"copyreg.__newobj__ refused for {cls!r}")
+    return object.__new__(cls)
 
 
-_INERT_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "list": list, "tuple": tuple,
-                   "dict": dict}      # containers chumpy's state holds; none of them runs code
-_CH = {"Ch", "Select", "Minimum", "Maximum", "Reorder", "Transpose", "Concatenate"}
+def _numpy_scalar() -> Any:
+    from numpy._core import multiarray
+
+    return multiarray.scalar
 
 
-class SafeFlameUnpickler(pickle.Unpickler):
-    def __init__(self, file, path: str):
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {}
+for _mod in ("chumpy.ch", "chumpy"):
+    _ALLOWED_GLOBALS[(_mod, "Ch")] = _ChumpyArray
+for _mod in ("scipy.sparse.csc", "scipy.sparse._csc", "scipy.sparse"):
+    _ALLOWED_GLOBALS[(_mod, "csc_matrix")] = _CscMatrix
+for _mod in ("scipy.sparse.csr", "scipy.sparse._csr", "scipy.sparse"):
+    _ALLOWED_GLOBALS[(_mod, "csr_matrix")] = _CsrMatrix
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED_GLOBALS[(_mod, "_reconstruct")] = _safe_reconstruct
+    _ALLOWED_GLOBALS[(_mod, "scalar")] = _numpy_scalar()
+_ALLOWED_GLOBALS[("numpy", "ndarray")] = _NdarrayToken
+_ALLOWED_GLOBALS[("numpy", "dtype")] = np.dtype
+for _mod in ("copy_reg", "copyreg"):
+    _ALLOWED_GLOBALS[(_mod, "_reconstructor")] = _safe_copyreg_reconstructor
+    _ALLOWED_GLOBALS[(_mod, "__newobj__")] = _safe_copyreg_newobj
+for _mod in ("__builtin__", "builtins"):
+    _ALLOWED_GLOBALS[(_mod, "object")] = object
+    # Python 2 pickles sets as REDUCE(set, [items]); chumpy state dicts hold sets such as _dirty_vars.
+    _ALLOWED_GLOBALS[(_mod, "set")] = set
+    _ALLOWED_GLOBALS[(_mod, "frozenset")] = frozenset
+del _mod
+
+
+class _FlameUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the FLAME allow-list; anything else raises UnsafePickleError."""
+
+    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
         super().__init__(file, encoding="latin1")
-        self.path = path
+        self._source = source
 
-    def find_class(self, module, name):
-        if module.startswith("chumpy") and name in _CH | {"Ch"}:
-            return _ChStandIn
-        if module.startswith("scipy.sparse") and name in ("csc_matrix", "csc_array"):
-            return _SparseStandIn
-        if module.startswith("scipy.sparse") and name in ("csr_matrix", "csr_array"):
-            return _CsrStandIn
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-            return getattr(np._core.multiarray, name) if hasattr(np, "_core") else getattr(np.core.multiarray, name)
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if module in ("copy_reg", "copyreg") and name == "_reconstructor":
-            return _safe_reconstructor
-        if module in ("__builtin__", "builtins") and name in _INERT_BUILTINS:
-            return _INERT_BUILTINS[name]
-        if module == "_codecs" and name == "encode":
-            return _latin1_encode
-        raise UnsafePickleError(f"{self.path}: refusing to load {module}.{name} - not part of a FLAME model file "
-                                "(only numpy arrays, chumpy Ch and scipy sparse matrices are allowed); "
-                                "is this the official generic_model.pkl?")
+    def find_class(self, module: str, name: str) -> Any:
+        resolved = _ALLOWED_GLOBALS.get((module, name))
+        if resolved is None:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to unpickle global '{module}.{name}' (not on the FLAME "
+                "allow-list; the file may be hostile or not a FLAME model). Nothing was executed.")
+        return resolved
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self._source}: refusing persistent id {pid!r} in pickle")
 
 
-def _plain(x):
-    if isinstance(x, (_ChStandIn, _SparseStandIn)):
-        return x.array
-    return x
-
-
-def read_flame_pickle(path: str) -> dict:
-    """The pickle's dict with every value a plain numpy array (or what it was, for strings)."""
-    with open(path, "rb") as f:
+def _unpickle_flame(path: str) -> dict:
+    with open(path, "rb") as handle:
         try:
-            obj = SafeFlameUnpickler(f, path).load()
-        except UnsafePickleError:
-            raise
-        except Exception as e:  # truncated / not a pickle
-            raise ValueError(f"{path}: not a readable FLAME pickle ({type(e).__name__}: {e})") from None
+            obj = _FlameUnpickler(handle, path).load()
+        except UnsafePickleError as err:
+            if path in str(err):
+                raise
+            raise UnsafePickleError(f"{path}: {err}") from None
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError,
+                KeyError, ValueError, UnicodeDecodeError, MemoryError) as err:
+            raise ValueError(f"{path}: not a readable FLAME pickle ({type(err).__name__}: {err}); "
+                             "re-download generic_model.pkl from flame.is.tue.mpg.de") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict of arrays, found {type(obj).__name__}")
-    return {k: _plain(v) for k, v in obj.items()}
+        raise ValueError(f"{path}: expected a dict of FLAME arrays at the top level, got "
+                         f"{type(obj).__name__}")
+    return obj
 
 
-def load_flame_arrays(path: str, num_shape: int = 300, num_expression: int = 100) -> dict:
-    """FLAME arrays from generic_model.pkl (2020/2023) or an .npz with the same names -> dict of numpy:
-    v_template [V,3], faces [F,3], shapedirs [V,3,num_shape], exprdirs [V,3,num_expression],
-    posedirs [(J-1)*9, V*3], J_regressor [J,V] (dense), parents [J] (root -1), lbs_weights [V,J]."""
+def _load_npz(path: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npz of FLAME arrays ({type(err).__name__}: "
+                         f"{err}); object arrays are refused (allow_pickle=False)") from None
+
+
+def _as_numeric(value: Any, path: str, key: str) -> np.ndarray:
+    where = f"{path}: key '{key}'"
+    if isinstance(value, _STANDIN_CLASSES):
+        value = value.to_array(where)
+    elif isinstance(value, (_NdarrayToken, type)) or callable(value):
+        raise ValueError(f"{where} holds {value!r}, not an array")
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {array.dtype}, expected numbers")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{where} contains NaN or Inf values")
+    return array
+
+
+def _check_shape(array: np.ndarray, expected: tuple, path: str, key: str, meaning: str) -> None:
+    ok = array.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, array.shape))
+    if not ok:
+        shown = "[" + ", ".join("?" if e is None else str(e) for e in expected) + "]"
+        raise ValueError(f"{path}: key '{key}' has shape {list(array.shape)}, expected {shown} "
+                         f"({meaning})")
+
+
+def _parents_from_kintree(kintree: np.ndarray, path: str) -> np.ndarray:
+    """``kintree_table [2, J]`` (row 0 parent ids, row 1 joint ids) -> ``parents [J]``, root -1."""
+    num_joints = kintree.shape[1]
+    ids = kintree[1].astype(np.int64)
+    if len(set(ids.tolist())) != num_joints:
+        raise ValueError(f"{path}: key 'kintree_table' has repeated joint ids {ids.tolist()}")
+    column_of = {int(i): c for c, i in enumerate(ids)}
+    parents = np.full((num_joints,), -1, dtype=np.int32)
+    for c in range(1, num_joints):
+        parent_id = int(kintree[0, c])
+        if parent_id not in column_of:
+            raise ValueError(f"{path}: key 'kintree_table' joint {c} has unknown parent id {parent_id}")
+        parents[c] = column_of[parent_id]
+        if parents[c] >= c:
+            raise ValueError(f"{path}: key 'kintree_table' is not topologically ordered (joint {c} "
+                             f"has parent {parents[c]}); FLAME's LBS needs parents before children")
+    return parents
+
+
+def load_flame_arrays(path: str | os.PathLike, num_shape: int = 300,
+                      num_expression: int = 100) -> dict[str, np.ndarray]:
+    """Read FLAME ``generic_model.pkl`` (or an ``.npz`` with the same keys) safely.
+
+    Args:
+      path: the official pickle (Python 2, chumpy/scipy objects are replaced by inert stand-ins) or
+        an ``.npz`` holding ``v_template, f, shapedirs, posedirs, J_regressor, kintree_table,
+        weights`` (``J_regressor`` dense).
+      num_shape: identity components kept, ``<= 300`` (FLAME stores 300 shape components first).
+      num_expression: expression components kept, ``<= shapedirs.shape[2] - 300``.
+
+    Returns:
+      dict of numpy arrays (V vertices, F faces, J joints; FLAME: V=5023, F=9976, J=5):
+        ``v_template [V, 3]`` float32, ``faces [F, 3]`` int32,
+        ``shapedirs [V, 3, num_shape]`` float32, ``exprdirs [V, 3, num_expression]`` float32,
+        ``posedirs [(J-1)*9, V*3]`` float32 (as ``reshape(posedirs, [-1, P]).T`` in FLAME PyTorch),
+        ``J_regressor [J, V]`` float32, ``parents [J]`` int32 (root -1),
+        ``lbs_weights [V, J]`` float32.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      UnsafePickleError: the pickle references a global outside the allow-list (nothing executed).
+      ValueError: unreadable file, missing key, wrong shape, non-finite values, bad counts.
+    """
     path = os.fspath(path)
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            raw = {k: z[k] for k in z.files}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: FLAME model file not found; download generic_model.pkl "
+                                "from flame.is.tue.mpg.de and pass its path")
+    for arg, value in (("num_shape", num_shape), ("num_expression", num_expression)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{arg} must be a non-negative int, got {value!r}")
+    if num_shape > FLAME_STORED_SHAPE_COMPONENTS:
+        raise ValueError(f"num_shape={num_shape} exceeds the {FLAME_STORED_SHAPE_COMPONENTS} shape "
+                         "components FLAME stores")
+
+    if path.lower().endswith(".npz"):
+        raw = _load_npz(path)
     else:
-        raw = read_flame_pickle(path)
-    need = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
-    missing = [k for k in need if k not in raw]
+        raw = _unpickle_flame(path)
+    missing = [key for key in _REQUIRED_KEYS if key not in raw]
     if missing:
-        raise ValueError(f"{path}: missing FLAME arrays {missing}")
-    v = np.asarray(raw["v_template"], np.float32)
-    nv = v.shape[0]
-    sd = np.asarray(raw["shapedirs"], np.float32)
-    if sd.ndim != 3 or sd.shape[:2] != (nv, 3) or sd.shape[2] < 300 + num_expression:
-        raise ValueError(f"{path}: shapedirs has shape {sd.shape}, expected [{nv}, 3, 300 + {num_expression}] "
-                         "(300 shape then the expression components)")
-    if not 1 <= num_shape <= 300:
-        raise ValueError(f"num_shape must be in [1, 300], got {num_shape}")
-    posedirs = np.asarray(raw["posedirs"], np.float32)
-    if posedirs.ndim == 3:                                     # [V, 3, P] -> [P, V*3], as FLAME's torch code does
-        posedirs = posedirs.reshape(nv * 3, -1).T
-    kintree = np.asarray(raw["kintree_table"]).astype(np.int64)
-    parents = kintree[0].copy()
-    parents[0] = -1
-    J = np.asarray(raw["J_regressor"], np.float32)
-    if J.shape != (len(parents), nv):
-        raise ValueError(f"{path}: J_regressor has shape {J.shape}, expected [{len(parents)}, {nv}]")
-    return {"v_template": v, "faces": np.asarray(raw["f"]).astype(np.int32), "shapedirs": sd[:, :, :num_shape],
-            "exprdirs": sd[:, :, 300:300 + num_expression], "posedirs": posedirs, "J_regressor": J,
-            "parents": parents.astype(np.int32), "lbs_weights": np.asarray(raw["weights"], np.float32)}
+        raise ValueError(f"{path}: missing FLAME key(s) {missing}; present: {sorted(map(str, raw))}")
+    arrays = {key: _as_numeric(raw[key], path, key) for key in _REQUIRED_KEYS}
+
+    v_template = arrays["v_template"]
+    _check_shape(v_template, (None, 3), path, "v_template", "[V, 3] template vertices")
+    num_vertices = v_template.shape[0]
+
+    faces = arrays["f"]
+    _check_shape(faces, (None, 3), path, "f", "[F, 3] triangle vertex indices")
+    if faces.dtype.kind == "f":
+        raise ValueError(f"{path}: key 'f' has float dtype {faces.dtype}, expected integer indices")
+    if faces.size and (faces.min() < 0 or faces.max() >= num_vertices):
+        raise ValueError(f"{path}: key 'f' indexes vertices outside [0, {num_vertices})")
+
+    shapedirs_all = arrays["shapedirs"]
+    _check_shape(shapedirs_all, (num_vertices, 3, None), path, "shapedirs",
+                 "[V, 3, 300 shape + expression components]")
+    stored_expression = shapedirs_all.shape[2] - FLAME_STORED_SHAPE_COMPONENTS
+    if stored_expression < 0:
+        raise ValueError(f"{path}: key 'shapedirs' has {shapedirs_all.shape[2]} components, fewer "
+                         f"than the {FLAME_STORED_SHAPE_COMPONENTS} shape components FLAME stores")
+    if num_expression > stored_expression:
+        raise ValueError(f"num_expression={num_expression} exceeds the {stored_expression} "
+                         f"expression components stored in {path} (key 'shapedirs')")
+
+    kintree = arrays["kintree_table"]
+    _check_shape(kintree, (2, None), path, "kintree_table", "[2, J] parent ids / joint ids")
+    num_joints = kintree.shape[1]
+    parents = _parents_from_kintree(kintree, path)
+
+    posedirs = arrays["posedirs"]
+    num_pose_basis = (num_joints - 1) * 9
+    _check_shape(posedirs, (num_vertices, 3, num_pose_basis), path, "posedirs",
+                 "[V, 3, (J-1)*9] pose-corrective blend shapes")
+
+    j_regressor = arrays["J_regressor"]
+    _check_shape(j_regressor, (num_joints, num_vertices), path, "J_regressor", "[J, V]")
+    weights = arrays["weights"]
+    _check_shape(weights, (num_vertices, num_joints), path, "weights", "[V, J] skinning weights")
+
+    f32 = np.float32
+    return {
+        "v_template": np.ascontiguousarray(v_template, dtype=f32),
+        "faces": np.ascontiguousarray(faces, dtype=np.int32),
+        "shapedirs": np.ascontiguousarray(shapedirs_all[:, :, :num_shape], dtype=f32),
+        "exprdirs": np.ascontiguousarray(
+            shapedirs_all[:, :, FLAME_STORED_SHAPE_COMPONENTS:FLAME_STORED_SHAPE_COMPONENTS + num_expression],
+            dtype=f32),
+        "posedirs": np.ascontiguousarray(np.reshape(posedirs, (-1, num_pose_basis)).T, dtype=f32),
+        "J_regressor": np.ascontiguousarray(j_regressor, dtype=f32),
+        "parents": parents,
+        "lbs_weights": np.ascontiguousarray(weights, dtype=f32),
+    }
 
 
-def load_landmark_embedding(path: str) -> dict:
-    """FLAME's mediapipe_landmark_embedding.npz -> {lmk_face_idx [L], lmk_b_coords [L,3], landmark_indices [L]}."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing} (expected FLAME's mediapipe_landmark_embedding.npz)")
-        return {k: np.asarray(z[k]) for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices")}
+def load_landmark_embedding(path_npz: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read FLAME's ``mediapipe_landmark_embedding.npz`` (no pickles allowed).
 
+    Returns:
+      ``lmk_face_idx [L]`` int32 (FLAME face per landmark), ``lmk_b_coords [L, 3]`` float32
+      (barycentric coordinates in that face), ``landmark_indices [L]`` int32 (MediaPipe Face Mesh
+      landmark index of each embedded point). FLAME ships L = 105.
+    """
+    path = os.fspath(path_npz)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: landmark embedding not found; pass the path of FLAME's "
+                                "mediapipe_landmark_embedding.npz")
+    raw = _load_npz(path)
+    missing = [k for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices") if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; present: {sorted(raw)}")
+    face_idx = _as_numeric(raw["lmk_face_idx"], path, "lmk_face_idx")
+    coords = _as_numeric(raw["lmk_b_coords"], path, "lmk_b_coords")
+    indices = _as_numeric(raw["landmark_indices"], path, "landmark_indices")
+    _check_shape(face_idx, (None,), path, "lmk_face_idx", "[L] face index per landmark")
+    num = face_idx.shape[0]
+    _check_shape(coords, (num, 3), path, "lmk_b_coords", "[L, 3] barycentric coordinates")
+    _check_shape(indices, (num,), path, "landmark_indices", "[L] MediaPipe landmark indices")
+    for key, arr in (("lmk_face_idx", face_idx), ("landmark_indices", indices)):
+        if arr.dtype.kind == "f" or (arr.size and arr.min() < 0):
+            raise ValueError(f"{path}: key '{key}' must hold non-negative integers")
+    return {
+        "lmk_face_idx": face_idx.astype(np.int32),
+        "lmk_b_coords": coords.astype(np.float32),
+        "landmark_indices": indices.astype(np.int32),
+    }
