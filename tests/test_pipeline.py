@@ -89,7 +89,7 @@ def test_eval_writes_metrics_report_and_plots(adapted, tmp_path):
     audio_io.write_wav(str(tmp_path / "lang.wav"), wav, sr)
     out = tmp_path / "report"
     assert cli.main(["eval", "--workdir", str(root / "workdir"), "--out", str(out),
-                     "--cross_language_audio", str(tmp_path / "lang.wav")]) == 0
+                     "--cross_language_audio", str(tmp_path / "lang.wav"), "--mouth_source", "model"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("psnr", "ssim", "lmd", "sync_offset_frames", "sync_confidence", "fps"):
         assert key in metrics
@@ -97,3 +97,24 @@ def test_eval_writes_metrics_report_and_plots(adapted, tmp_path):
     for png in ("psnr_over_time.png", "mouth_vs_audio.png", "frame_grid.png"):
         assert (out / png).stat().st_size > 1000
     assert "Cross-language" in (out / "report.md").read_text()
+
+
+def test_mouth_track_bridges_frames_without_a_face(monkeypatch):
+    """MediaPipe losing the face in some frames must not crash eval: those frames are interpolated and the
+    count is reported; with no face at all the opening is NaN (never an exception)."""
+    from ggtalker_jax.eval import metrics, protocol
+    t = 6
+    lmk = np.zeros((t, 478, 3))
+    lmk[:, metrics.LEFT_INNER_CORNER, 0] = 0.0
+    lmk[:, metrics.RIGHT_INNER_CORNER, 0] = 10.0
+    gaps = np.array([1.0, 2.0, 0.0, 4.0, 0.0, 6.0])
+    lmk[:, metrics.LOWER_INNER_LIP, 1] = gaps
+    lmk[[2, 4]] = np.nan                                     # no face in frames 2 and 4
+    monkeypatch.setattr(metrics, "face_mesh_landmarks", lambda frames: lmk.copy())
+    frames = np.zeros((t, 8, 8, 3), np.uint8)
+    opening, _, src = protocol._mouth_track(frames, None, None, None, None, None, source="mediapipe")
+    np.testing.assert_allclose(opening, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert "4/6" in src
+    monkeypatch.setattr(metrics, "face_mesh_landmarks", lambda frames: np.full((t, 478, 3), np.nan))
+    opening, _, src = protocol._mouth_track(frames, None, None, None, None, None, source="mediapipe")
+    assert np.isnan(opening).all() and "0/6" in src

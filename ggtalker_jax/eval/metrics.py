@@ -208,8 +208,15 @@ def mouth_opening(landmarks: Any) -> np.ndarray:
     if lm.shape[1] < 468:
         raise ValueError(f"mouth_opening: expects MediaPipe face-mesh landmarks [T, 468|478, 2|3], "
                          f"got {lm.shape}")
-    gap = np.linalg.norm(lm[:, UPPER_INNER_LIP] - lm[:, LOWER_INNER_LIP], axis=-1)
-    width = np.linalg.norm(lm[:, LEFT_INNER_CORNER] - lm[:, RIGHT_INNER_CORNER], axis=-1)
+    return mouth_opening_from_points(lm[:, UPPER_INNER_LIP], lm[:, LOWER_INNER_LIP], lm[:, LEFT_INNER_CORNER],
+                                     lm[:, RIGHT_INNER_CORNER])
+
+
+def mouth_opening_from_points(upper: Any, lower: Any, left: Any, right: Any) -> np.ndarray:
+    """Mouth opening |upper - lower| / |left - right| from the inner-lip points, each ``[T, 2|3]`` -> ``[T]``."""
+    upper, lower, left, right = (np.asarray(x, np.float64) for x in (upper, lower, left, right))
+    gap = np.linalg.norm(upper - lower, axis=-1)
+    width = np.linalg.norm(left - right, axis=-1)
     return gap / np.maximum(width, 1e-8)
 
 

@@ -61,22 +61,37 @@ def model_mouth_opening(static, params, expr, poses, K) -> np.ndarray:
     need = (metrics.UPPER_INNER_LIP, metrics.LOWER_INNER_LIP, metrics.LEFT_INNER_CORNER, metrics.RIGHT_INNER_CORNER)
     if not all(k in index for k in need):
         return np.full(t, np.nan)
-    full = np.full((t, 478, 3), np.nan)
-    for k in need:
-        full[:, k] = lmk[:, index[k]]
-    return metrics.mouth_opening(full)
+    upper, lower, left, right = (lmk[:, index[k]] for k in need)
+    return metrics.mouth_opening_from_points(upper, lower, left, right)
 
 
-def _mouth_track(frames_u8, static, params, expr, poses, K):
+MOUTH_SOURCES = ("auto", "mediapipe", "model")
+
+
+def _mouth_track(frames_u8, static, params, expr, poses, K, source: str = "auto"):
+    """Mouth opening [T] of rendered frames, the MediaPipe landmarks [T, 478, 3] (NaN where no face was
+    found) and a description of where the opening came from.
+
+    source: "mediapipe" measures the frames (frames without a face are bridged by interpolation over the
+    frames with one; none found -> NaN), "model" uses the head model's projected lip landmarks of the
+    driving expressions (deterministic: no detector involved), "auto" uses MediaPipe when it finds a face
+    in at least 80% of the frames, else the head model.
+    """
+    if source not in MOUTH_SOURCES:
+        raise ValueError(f"mouth source {source!r}: choose one of {MOUTH_SOURCES}")
+    if source == "model":
+        return (model_mouth_opening(static, params, expr, poses, K), np.full((len(expr), 478, 3), np.nan),
+                "head-model landmarks")
     lmk = metrics.face_mesh_landmarks(frames_u8)
-    found = np.isfinite(lmk[:, 0, 0])
-    if found.mean() >= 0.8:
-        opening = metrics.mouth_opening(lmk)
-        if not found.all():  # bridge missed frames
-            idx = np.arange(len(opening))
-            opening = np.interp(idx, idx[found], opening[found])
-        return opening, lmk, "mediapipe"
-    return model_mouth_opening(static, params, expr, poses, K), lmk, "head-model landmarks"
+    found = np.isfinite(lmk).all(axis=(1, 2))
+    if source == "auto" and found.mean() < 0.8:
+        return model_mouth_opening(static, params, expr, poses, K), lmk, "head-model landmarks"
+    opening = np.full(len(lmk), np.nan)
+    if found.any():
+        opening[found] = metrics.mouth_opening(lmk[found])
+        idx = np.arange(len(opening))
+        opening = np.interp(idx, idx[found], opening[found])  # bridge frames without a face
+    return opening, lmk, f"mediapipe (face found in {int(found.sum())}/{len(found)} frames)"
 
 
 def _sync(energy, mouth):
@@ -94,7 +109,8 @@ def _drive(static, params, data, info, wav, sr, opts):
 
 
 def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio=(), lpips_weights=None,
-             max_test_frames: int | None = None) -> dict:
+             max_test_frames: int | None = None, mouth_source: str = "auto") -> dict:
+    """Writes metrics.json, report.md and plots into `out_dir`. mouth_source: see `_mouth_track`."""
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax.infer import RenderOptions, predict_expressions
     from ggtalker_jax.train.adapt import load_adapted
@@ -122,7 +138,7 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
     psnr = np.asarray(metrics.psnr(jnp.asarray(pred), jnp.asarray(gt)))
     ssim = np.asarray(metrics.ssim(jnp.asarray(pred), jnp.asarray(gt)))
     to_u8 = lambda x: (x * 255 + 0.5).astype(np.uint8)
-    mouth_pred, lmk_pred, mouth_src = _mouth_track(to_u8(pred), static, params, expr, poses, data.K)
+    mouth_pred, lmk_pred, mouth_src = _mouth_track(to_u8(pred), static, params, expr, poses, data.K, mouth_source)
     lmk_gt = metrics.face_mesh_landmarks(to_u8(gt))
     ok = np.isfinite(lmk_pred[:, 0, 0]) & np.isfinite(lmk_gt[:, 0, 0])
     lmd = float(metrics.lmd(lmk_pred[ok], lmk_gt[ok])) if ok.sum() else float("nan")
@@ -163,7 +179,7 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
             w, s = audio_io.load_audio(path, sr=16000)
             e, p, src = _drive(static, params, data, info, w, s, opts)
             frames = _render_sequence(static, params, data, e, p, src)
-            mouth, _, msrc = _mouth_track(to_u8(frames), static, params, e, p, data.K)
+            mouth, _, msrc = _mouth_track(to_u8(frames), static, params, e, p, data.K, mouth_source)
             en = metrics.audio_energy_per_frame(w, s, data.fps, num_frames=len(e))
             sc = _sync(en, mouth)
             rows.append({"audio": os.path.abspath(path), "frames": int(len(e)),
@@ -273,12 +289,15 @@ def main(argv) -> int:
     flags.DEFINE_string("lpips_weights", None, "LPIPS weights .npz (see ggtalker_jax/eval/lpips.py); never "
                         "downloaded", flag_values=fv)
     flags.DEFINE_integer("max_test_frames", None, "cap the number of test frames", flag_values=fv)
+    flags.DEFINE_enum("mouth_source", "auto", list(MOUTH_SOURCES), "mouth opening of the renders from MediaPipe, "
+                      "from the head model's lip landmarks (deterministic), or auto (MediaPipe when it finds "
+                      "the face in >= 80% of frames)", flag_values=fv)
     parse_flags(fv, argv)
     if not fv.workdir or not fv.out:
         print("ggtalker eval: --workdir and --out are required", file=sys.stderr)
         return 2
     r = evaluate(fv.workdir, fv.out, fv.cross_id_audio, fv.cross_language_audio, fv.lpips_weights,
-                 fv.max_test_frames)
+                 fv.max_test_frames, fv.mouth_source)
     s = r["self_reconstruction"]
     print(f"PSNR {s['psnr']:.2f}  SSIM {s['ssim']:.4f}  LMD {s['lmd']:.3f}  sync offset {s['sync_offset_frames']} "
           f"conf {s['sync_confidence']:.3f}  FPS {s['fps']:.1f}")
