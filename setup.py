@@ -49,7 +49,6 @@ setup(
         "soundfile>=0.12",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
-        "ml-collections>=0.1.1",
         "cryptography>=42",
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],

@@ -5,7 +5,7 @@
 
 A second run with the same --workdir resumes from its newest checkpoint ("resumed at step K"). At the end
 the trained A2E params are exported into --priors_dir (default WORKDIR/priors) with
-`ggtalker_jax.train.priors.update_priors`, which adaptation loads. Multi-host: pass
+`ggtalker_jax.priors.update_priors`, which adaptation loads. Multi-host: pass
 --coordinator_address, --num_processes and --process_id on every host (jax.distributed.initialize).
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _default_subject_dir(workdir: str, seconds: float, image_size: int, seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ggtalker_jax.cli import parse_flags
+    from ggtalker_jax.cli.flags import parse_flags
 
     argv = list(sys.argv if argv is None else argv)
     fv = _define_flags()
@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"the trained params are in {workdir}/checkpoints", file=sys.stderr)
             return 1
 
-        avatar_config = avatar.AvatarConfig.small() if fv.config == "small" else avatar.AvatarConfig.paper()
+        prior = avatar.PriorConfig(models_preset=fv.config, a2e_window=fv.window, a2e_context=fv.prev)
         priors_dir = os.path.abspath(fv.priors_dir or os.path.join(workdir, "priors"))
-        a2e_prior.export_prior(priors_dir, avatar_config, params, {
+        a2e_prior.export_prior(priors_dir, prior, params, {
             "data": [os.path.abspath(d) for d in data_dirs], "num_steps": fv.num_steps,
             "config": fv.config, "window": fv.window, "prev": fv.prev, "seed": fv.seed})
         print(f"A2E prior trained ({fv.num_steps} steps, {time.time() - t0:.0f} s) and exported to "

@@ -8,6 +8,7 @@ networks are exported into --priors_dir (default WORKDIR/priors), which `ggtalke
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -16,7 +17,7 @@ def main(argv) -> int:
     from absl import flags
 
     from ggtalker_jax import avatar as avatar_lib
-    from ggtalker_jax.cli import parse_flags
+    from ggtalker_jax.cli.flags import parse_flags
     from ggtalker_jax.train import ev_prior
 
     fv = flags.FlagValues()
@@ -37,7 +38,7 @@ def main(argv) -> int:
         return 2
     cfg = avatar_lib.AvatarConfig.paper() if fv.config == "paper" else avatar_lib.AvatarConfig.small()
     if fv.image_size:
-        cfg = avatar_lib.dataclasses.replace(cfg, image_size=fv.image_size)
+        cfg = dataclasses.replace(cfg, image_size=fv.image_size)
     dirs = fv.data.split(",")
     if dirs == ["default"]:
         from ggtalker_jax.data import default_subject
@@ -47,7 +48,7 @@ def main(argv) -> int:
         dirs = [out]
     result = ev_prior.train_ev_prior(
         dirs, fv.workdir, cfg, fv.num_steps, fv.checkpoint_every,
-        ev_prior.EVPriorConfig(learning_rate=fv.learning_rate, batch_size=fv.batch_size, train_a2e=False),
+        ev_prior.EVPriorConfig(learning_rate=fv.learning_rate, batch_size=fv.batch_size),
         fv.sample_every, fv.priors_dir)
     print(f"EV prior trained: {result['ev']['final']}")
     print(f"priors: {os.path.abspath(fv.priors_dir or os.path.join(fv.workdir, 'priors'))}")

@@ -1,13 +1,13 @@
 """The talking-head avatar: one identity's learnable parts and the function that renders its frames.
 
-Data flow for one frame (DESIGN.md):
+Data flow for one frame (README, "Architecture"):
 
     reference image --unwrap to UV--> generator --> UV Gaussian maps (+ per-identity UV refinement)
     53-dim expression + pose --head model--> posed mesh --UV binding--> Gaussian means/quats/scales
     colour = SH0 colour + ColorMLP(feature, expression)            (motion-aligned fine texture)
     rasterize (RGB + feature channels, alpha) --> BodyInpainter(render, frame with head masked) --> frame
 
-Parameters (a dict pytree, so `optax.multi_transform` can pick groups per adaptation stage):
+Parameters (a dict pytree of named groups; the trainer freezes whole groups by these names):
     generator, generator_stats   Identity-Gaussian Generator weights and BatchNorm statistics
     uv_delta                     per-identity refinement of the generated UV maps (adaptation stage 1)
     head                         per-identity head-model parameters: shape [S], expression and pose
@@ -15,8 +15,12 @@ Parameters (a dict pytree, so `optax.multi_transform` can pick groups per adapta
     color_mlp                    colour MLP
     inpainter, inpainter_stats   Body Inpainter weights and BatchNorm statistics
     a2e                          Audio-Expression diffusion transformer
-BatchNorm runs with its stored statistics (eval mode) during adaptation and rendering; only the priors
-update statistics.
+BatchNorm runs with its stored statistics (eval mode) during adaptation and rendering; only the
+Expression-Visual prior updates them.
+
+Configs: `PriorConfig` is what defines a prior (network sizes, head model and so the UV layout, the A2E's
+window and context); it is stored with the prior's weights. `AvatarConfig` adds the run-time choices of
+one avatar (image size, rasterizer backend, mask dilation).
 """
 from __future__ import annotations
 
@@ -29,29 +33,66 @@ import numpy as np
 
 from ggtalker_jax import head as head_lib
 from ggtalker_jax import models
+from ggtalker_jax.constants import EXPR_DIM
 from ggtalker_jax.head import uv as uv_lib
 from ggtalker_jax.render import rasterization
-from ggtalker_jax.render.camera import head_space_viewmat
+from ggtalker_jax.render.camera import head_space_to_pixels, head_space_viewmat
 
 UV_MAP_KEYS = ("offset", "scale", "rotation", "opacity", "sh0", "feature")
+NETWORK_GROUPS = ("a2e", "generator", "generator_stats", "color_mlp", "inpainter", "inpainter_stats")
+STATS_GROUPS = ("generator_stats", "inpainter_stats")
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """What defines a prior, stored with its weights (`ggtalker_jax.priors`).
+
+    models_preset: a `ggtalker_jax.models` config ("small" | "paper"); the generator's output resolution R
+      is the prior's UV resolution (R * R texels; the valid ones become Gaussians).
+    head_model: "open" or a FLAME file path: the mesh and UV layout the Gaussians are bound to.
+    a2e_window / a2e_context: the A2E generates `a2e_window` frames at a time; every window after the first
+      is conditioned on the `a2e_context` frames before it. Training, adaptation and inference all cut
+      audio this way.
+    """
+    models_preset: str = "small"
+    head_model: str = "open"
+    a2e_window: int = 32
+    a2e_context: int = 4
+
+    def __post_init__(self):
+        if self.a2e_window < 2 or not 0 <= self.a2e_context < self.a2e_window:
+            raise ValueError(f"PriorConfig: need a2e_window >= 2 and 0 <= a2e_context < a2e_window, got "
+                             f"{self.a2e_window} / {self.a2e_context}")
+
+    @property
+    def models(self) -> models.ModelsConfig:
+        return models.get_config(self.models_preset)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "PriorConfig":
+        return PriorConfig(**{f.name: d[f.name] for f in dataclasses.fields(PriorConfig) if f.name in d})
 
 
 @dataclasses.dataclass(frozen=True)
 class AvatarConfig:
-    """Sizes of one avatar. `small()` runs on a CPU in seconds; `paper()` is GGTalker's size.
-
-    models_preset names a `ggtalker_jax.models` config ("small" | "paper"); the generator's output
-    resolution R is the UV resolution (R * R texels, the valid ones become Gaussians).
-    """
+    """One avatar: its prior's definition plus run-time choices. `small()` runs on a CPU in seconds;
+    `paper()` is GGTalker's size."""
+    prior: PriorConfig = PriorConfig()
     image_size: int = 64
-    head_model: str = "open"
-    models_preset: str = "small"
     head_mask_dilation: int = 3          # pixels; the inpainter blends inside a dilated head mask
     backend: str = "pallas"              # rasterizer backend ("xla": the dense reference)
 
+    def __post_init__(self):
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(f"AvatarConfig: image_size must be a multiple of 16 (>= 16: the inpainter halves "
+                             f"it 4 times), got {self.image_size}")
+
     @property
-    def models(self):
-        return models.get_config(self.models_preset)
+    def models(self) -> models.ModelsConfig:
+        return self.prior.models
 
     @property
     def uv_resolution(self) -> int:
@@ -62,15 +103,21 @@ class AvatarConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "AvatarConfig":
-        return AvatarConfig(**{f.name: d[f.name] for f in dataclasses.fields(AvatarConfig) if f.name in d})
+        d = dict(d)
+        if "prior" in d:
+            prior = PriorConfig.from_dict(d.pop("prior"))
+        else:   # a config written before priors and run-time choices were split
+            prior = PriorConfig.from_dict(d)
+        fields = {f.name for f in dataclasses.fields(AvatarConfig)} - {"prior"}
+        return AvatarConfig(prior=prior, **{k: v for k, v in d.items() if k in fields})
 
     @staticmethod
-    def small(image_size: int = 64) -> "AvatarConfig":
-        return AvatarConfig(image_size=image_size, models_preset="small")
+    def small(image_size: int = 64, prior: PriorConfig | None = None) -> "AvatarConfig":
+        return AvatarConfig(prior=prior or PriorConfig(models_preset="small"), image_size=image_size)
 
     @staticmethod
     def paper() -> "AvatarConfig":
-        return AvatarConfig(image_size=512, models_preset="paper", backend="pallas")
+        return AvatarConfig(prior=PriorConfig(models_preset="paper"), image_size=512, backend="pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +134,7 @@ class AvatarStatic:
 
     @staticmethod
     def build(config: AvatarConfig, head_model=None) -> "AvatarStatic":
-        model = head_lib.load(config.head_model) if head_model is None else head_model
+        model = head_lib.load(config.prior.head_model) if head_model is None else head_model
         binding = uv_lib.build_uv_binding(model, config.uv_resolution)
         r = config.uv_resolution
         texel_uv = (np.asarray(binding.texel_index, np.float32)[:, ::-1] + 0.5) / r  # (u, v) from (row, col)
@@ -108,13 +155,14 @@ def networks(config: AvatarConfig):
             models.ColorMLP(m.color_mlp), models.BodyInpainter(m.inpainter))
 
 
-def init_network_params(rng, config: AvatarConfig) -> dict:
+def init_network_params(rng, config: AvatarConfig | PriorConfig) -> dict:
     """Fresh network variables: {"a2e", "generator", "generator_stats", "color_mlp", "inpainter",
-    "inpainter_stats"} (what a prior checkpoint holds)."""
-    a2e, gen, cmlp, inp = networks(config)
+    "inpainter_stats"} (what a prior holds). The shapes depend only on the prior's definition."""
     m = config.models
+    a2e, gen, cmlp, inp = (models.A2ETransformer(m.a2e), models.IdentityGaussianGenerator(m.generator),
+                           models.ColorMLP(m.color_mlp), models.BodyInpainter(m.inpainter))
     k = jax.random.split(rng, 4)
-    r, s = config.uv_resolution, config.image_size
+    r, s = m.generator.resolution, 16      # the inpainter is fully convolutional: any multiple of 16
     a2e_vars = a2e.init(k[0], jnp.zeros((1, 8, m.a2e.expr_dim)), jnp.zeros((1,), jnp.int32),
                         jnp.zeros((1, 8, m.a2e.audio_dim)))
     gen_vars = gen.init(k[1], jnp.zeros((1, r, r, m.generator.in_channels)))
@@ -131,18 +179,17 @@ def init_network_params(rng, config: AvatarConfig) -> dict:
             "inpainter": inp_vars["params"], "inpainter_stats": inp_vars["batch_stats"]}
 
 
-def init_identity_params(network_params: dict, static: AvatarStatic, tracking: dict) -> dict:
+def init_identity_params(network_params: dict, static: "AvatarStatic", num_frames: int, shape) -> dict:
     """Avatar parameters for one identity: the prior networks plus zero UV refinement and head
-    parameters initialised from tracking (`shape` [S]; per-frame corrections start at zero)."""
+    parameters: `shape` [S] (from tracking) and zero per-frame corrections for `num_frames` frames."""
     r = static.config.uv_resolution
     gcfg = static.config.models.generator
     channels = {"offset": 3, "scale": 3, "rotation": 4, "opacity": 1, "sh0": 3,
                 "feature": gcfg.feature_dim}
-    num_frames = int(np.asarray(tracking["expression"]).shape[0])
     params = dict(network_params)
     params["uv_delta"] = {k: jnp.zeros((r, r, c)) for k, c in channels.items()}
-    params["head"] = {"shape": jnp.asarray(tracking["shape"], jnp.float32),
-                      "expr_delta": jnp.zeros((num_frames, 53)),
+    params["head"] = {"shape": jnp.asarray(shape, jnp.float32),
+                      "expr_delta": jnp.zeros((num_frames, EXPR_DIM)),
                       "pose_delta": jnp.zeros((num_frames, 6))}
     return params
 
@@ -155,15 +202,6 @@ def texel_points(static: AvatarStatic, vertices):
     faces = jnp.asarray(static.head_model.faces)[jnp.asarray(static.binding.face)]  # [M, 3]
     corners = vertices[..., faces, :]                                                # [..., M, 3, 3]
     return jnp.einsum("...mkc,mk->...mc", corners, jnp.asarray(static.binding.bary, vertices.dtype))
-
-
-def project(points, K):
-    """Head-space points [..., N, 3] -> pixel coordinates [..., N, 2] and camera depth [..., N]."""
-    view = head_space_viewmat()
-    cam = points @ view[:3, :3].T + view[:3, 3]
-    z = cam[..., 2]
-    uvw = cam @ jnp.asarray(K, points.dtype).T
-    return uvw[..., :2] / jnp.maximum(uvw[..., 2:3], 1e-6), z
 
 
 def bilinear_sample(image, xy):
@@ -190,7 +228,7 @@ def reference_uv_input(static: AvatarStatic, image, vertices, K):
     r = static.config.uv_resolution
     h, w = image.shape[:2]
     points = texel_points(static, vertices)
-    xy, z = project(points, K)
+    xy, z = head_space_to_pixels(points, K)
     # Facing test: the posed triangle's normal against the direction to the camera (at the origin).
     tri = vertices[jnp.asarray(static.head_model.faces)[jnp.asarray(static.binding.face)]]
     normal = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -205,6 +243,14 @@ def reference_uv_input(static: AvatarStatic, image, vertices, K):
     out = out.at[rows, cols, 0:3].set(colour)
     out = out.at[rows, cols, 3:6].set(canon)
     return out.at[rows, cols, 6].set(1.0)
+
+
+def identity_uv_input(static: AvatarStatic, shape, reference_frame, reference_params: dict, K):
+    """The generator's input for an identity: its reference frame [H, W, 3] unwrapped with the mesh posed
+    by `reference_params` (one frame's dict, see `posed_vertices`, without the batch dim) -> [R, R, 7]."""
+    frame = {k: jnp.asarray(v)[None] for k, v in reference_params.items()}
+    vertices = posed_vertices(static, jnp.asarray(shape), frame)[0]
+    return reference_uv_input(static, jnp.asarray(reference_frame, jnp.float32), vertices, jnp.asarray(K))
 
 
 def generate_uv_maps(params: dict, static: AvatarStatic, uv_input, train: bool = False):
@@ -262,8 +308,7 @@ def posed_vertices(static: AvatarStatic, shape, frame: dict):
 def frame_gaussians(params: dict, static: AvatarStatic, uv_maps: dict, vertices, expression53):
     """Gaussians of one frame: vertices [V, 3], expression53 [53] -> dict of means [M, 3], quats [M, 4],
     scales [M, 3], opacities [M], colors [M, 3 + Fr] (RGB then rendered feature channels)."""
-    rows, cols = np.asarray(static.binding.texel_index).T
-    g = {k: v[rows, cols] for k, v in uv_maps.items()}
+    g = uv_lib.uv_maps_to_gaussians(static.binding, uv_maps)
     means, quats, scales = uv_lib.bind_gaussians(static.binding, vertices, static.head_model.faces,
                                                  g["offset"], g["rotation"], g["scale"])
     _, _, cmlp, _ = networks(static.config)
@@ -284,42 +329,66 @@ def dilate_mask(mask, pixels: int):
     return jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, 1, 1, 1), "SAME")
 
 
-def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks,
-                  train: bool = False, shape=None):
-    """Renders a batch of frames of one identity.
+def render_heads(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, shape=None,
+                 per_frame_maps: bool = False) -> dict:
+    """Rasterizes the head Gaussians of a batch of frames (no inpainting).
 
-    frame: per-frame head parameters (see `posed_vertices`), leading dim B. shape [S]: the head's shape
-    coefficients (default: the identity's own, params["head"]["shape"]).
-    K [3, 3]: intrinsics of the prepared crop. frames [B, H, W, 3] in [0, 1]: the original frames (only
-    their body/background is used: the dilated head region is masked out). head_masks [B, H, W, 1].
-    Returns dict: `image` [B, H, W, 3] (inpainter output), `head_rgb` [B, H, W, 3] (render over black),
-    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr], `inpaint_mask` [B, H, W, 1], and with
-    train=True (prior training: BatchNorm on batch statistics) `inpainter_stats`, the updated statistics.
+    frame: per-frame head parameters (see `posed_vertices`), leading dim B. shape [S] (or [B, S]): the
+    head's shape coefficients (default: the identity's own, params["head"]["shape"]). uv_maps: dict of
+    [R, R, k] maps shared by the batch, or with `per_frame_maps` [B, R, R, k] (one identity per frame).
+    K [3, 3] (or [B, 3, 3] with per-frame maps): intrinsics. Returns `head_rgb` [B, H, W, 3] (render over
+    black), `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr].
     """
     cfg = static.config
     s = cfg.image_size
     vertices = posed_vertices(static, params["head"]["shape"] if shape is None else shape, frame)
     view = head_space_viewmat()[None]
-    Ks = jnp.asarray(K, jnp.float32)[None]
 
-    def one(v, e):
-        g = frame_gaussians(params, static, uv_maps, v, e)
+    def one(maps, v, e, k):
+        g = frame_gaussians(params, static, maps, v, e)
         colors, alphas, _ = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"],
-                                          view, Ks, s, s, backend=cfg.backend)
+                                          view, jnp.asarray(k, jnp.float32)[None], s, s, backend=cfg.backend)
         return colors[0], alphas[0]
 
-    colors, alphas = jax.vmap(one)(vertices, frame["expression53"])
-    head_rgb, head_feat = colors[..., :3], colors[..., 3:]
+    if per_frame_maps:
+        colors, alphas = jax.vmap(one)(uv_maps, vertices, frame["expression53"], K)
+    else:
+        colors, alphas = jax.vmap(one, in_axes=(None, 0, 0, None))(uv_maps, vertices, frame["expression53"], K)
+    return {"head_rgb": colors[..., :3], "head_alpha": alphas, "head_features": colors[..., 3:]}
+
+
+def inpaint_frames(params: dict, static: AvatarStatic, heads: dict, frames, head_masks, train: bool = False) -> dict:
+    """Blends rendered heads (`render_heads` output) into the original frames with the Body Inpainter.
+
+    frames [B, H, W, 3] in [0, 1]: the original frames (only their body/background is used: the dilated
+    head region is masked out). head_masks [B, H, W, 1]. Returns `heads` plus `image` [B, H, W, 3] (the
+    inpainter output) and `inpaint_mask` [B, H, W, 1]; with train=True (prior training: BatchNorm on batch
+    statistics) also `inpainter_stats`, the updated statistics.
+    """
+    cfg = static.config
+    alphas, head_rgb, head_feat = heads["head_alpha"], heads["head_rgb"], heads["head_features"]
     mask = dilate_mask(jnp.maximum(head_masks, (alphas > 0.05).astype(alphas.dtype)), cfg.head_mask_dilation)
     masked = frames * (1.0 - mask)
     _, _, _, inp = networks(cfg)
     fr = cfg.models.inpainter.render_feature_dim
     variables = {"params": params["inpainter"], "batch_stats": params["inpainter_stats"]}
     args = (jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, masked, mask)
-    out = {"head_rgb": head_rgb, "head_alpha": alphas, "head_features": head_feat, "inpaint_mask": mask}
+    out = {**heads, "inpaint_mask": mask}
     if train:
         out["image"], updates = inp.apply(variables, *args, train=True, mutable=["batch_stats"])
         out["inpainter_stats"] = updates["batch_stats"]
     else:
         out["image"] = inp.apply(variables, *args, train=False)
     return out
+
+
+def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks,
+                  train: bool = False, shape=None) -> dict:
+    """Renders a batch of frames of one identity: `render_heads` then `inpaint_frames` (see both).
+
+    Returns dict: `image` [B, H, W, 3] (inpainter output), `head_rgb` [B, H, W, 3] (render over black),
+    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr], `inpaint_mask` [B, H, W, 1], and with
+    train=True `inpainter_stats`.
+    """
+    heads = render_heads(params, static, uv_maps, frame, K, shape=shape)
+    return inpaint_frames(params, static, heads, frames, head_masks, train=train)

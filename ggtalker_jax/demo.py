@@ -11,20 +11,17 @@ Writes DIR/subject (prepared data), DIR/priors (when trained here), DIR/workdir 
 from __future__ import annotations
 
 import os
-import sys
 import time
-
-import numpy as np
 
 
 def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prior_steps: int = 400,
              image_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
     from ggtalker_jax import avatar as avatar_lib
+    from ggtalker_jax import priors as priors_lib
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax.data import default_subject
     from ggtalker_jax.infer import RenderOptions, render_video
     from ggtalker_jax.train import adapt as adapt_lib
-    from ggtalker_jax.train import priors as priors_lib
 
     os.makedirs(out_dir, exist_ok=True)
     times = {}
@@ -38,11 +35,12 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     t0 = time.perf_counter()
     avatar_cfg = avatar_lib.AvatarConfig.small(image_size)
     priors_dir = None
-    bundled = os.path.join(priors_lib.BUNDLED, "priors.msgpack")
-    if not os.path.exists(bundled) or priors_lib.load_priors(priors_lib.BUNDLED)[1] != avatar_cfg:
+    bundled = os.path.join(priors_lib.BUNDLED, priors_lib.WEIGHTS)
+    if not os.path.exists(bundled) or not priors_lib.same_networks(priors_lib.read_prior_config(priors_lib.BUNDLED)[0],
+                                                                  avatar_cfg.prior):
         from ggtalker_jax.train import ev_prior
         priors_dir = os.path.join(out_dir, "priors")
-        if not os.path.exists(os.path.join(priors_dir, "priors.msgpack")):
+        if not os.path.exists(os.path.join(priors_dir, priors_lib.WEIGHTS)):
             ev_prior.train_small_priors(priors_dir, [subject], avatar_cfg, num_steps=prior_steps,
                                         progress=progress)
         src = priors_dir
@@ -54,8 +52,8 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     t0 = time.perf_counter()
     workdir = os.path.join(out_dir, "workdir")
     stages = adapt_lib.small_schedule(steps_per_stage)
-    adapt_lib.adapt(subject, workdir, priors_dir, stages, adapt_lib.AdaptConfig(stages=stages),
-                    avatar_config=avatar_cfg, progress=progress)
+    adapt_lib.adapt(subject, workdir, priors_dir, stages, adapt_lib.AdaptConfig(), avatar_config=avatar_cfg,
+                    progress=progress)
     times["adapt_s"] = time.perf_counter() - t0
     print(f"[3/4] adapted (5 stages x {steps_per_stage} steps): {workdir} ({times['adapt_s']:.1f} s)")
 
@@ -69,28 +67,3 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     print(f"[4/4] rendered {summary['frames']} frames ({times['render_s']:.1f} s)")
     return {"video": os.path.abspath(video), "workdir": os.path.abspath(workdir), "times": times,
             "render": summary}
-
-
-def main(argv) -> int:
-    from absl import flags
-
-    from ggtalker_jax.cli import parse_flags
-    fv = flags.FlagValues()
-    flags.DEFINE_string("out", "demo_out", "output directory", flag_values=fv)
-    flags.DEFINE_float("seconds", 8.0, "length of the default subject's video", flag_values=fv)
-    flags.DEFINE_integer("steps_per_stage", 60, "adaptation steps per stage", flag_values=fv)
-    flags.DEFINE_integer("prior_steps", 400, "steps of the quick small priors when none are bundled",
-                         flag_values=fv)
-    flags.DEFINE_integer("image_size", 64, "render size of the avatar", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "seed of the default subject", flag_values=fv)
-    parse_flags(fv, argv)
-    result = run_demo(fv.out, fv.seconds, fv.steps_per_stage, fv.prior_steps, fv.image_size, fv.seed)
-    total = sum(result["times"].values())
-    print(f"\ndemo done in {total:.0f} s")
-    print(f"video:   {result['video']}")
-    print(f"workdir: {result['workdir']}  (use with `ggtalker render --workdir` / `ggtalker eval --workdir`)")
-    return 0 if np.isfinite(total) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

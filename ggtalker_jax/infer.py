@@ -1,19 +1,20 @@
 """Inference: make an adapted subject say new audio, in any language.
 
-    audio file --features--> A2E (DDIM, window by window) --> expressions [T, 53]
+    audio file --features--> A2E (DDIM, window by window, the prior's windowing) --> expressions [T, 53]
     head pose + eyes: from the subject's video (looped back and forth to the audio's length), static,
     or a user file; blinks optionally re-timed with --blink_rate
     render + inpaint in batches (jit) --> watermark --> H.264 mp4 with the driving audio
 
-`ggtalker render --workdir DIR --audio speech.wav --out out.mp4 [--pose video|static|FILE.npz]
-[--blink_rate PER_MIN] [--frames_dir DIR] [--no_visible_watermark]`
+Frames are rendered, watermarked and encoded batch by batch, so memory stays bounded whatever the length
+of the audio. `ggtalker render` (`ggtalker_jax.cli.render`) is the command line.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import sys
 import time
+from typing import Iterator
 
 import cv2
 import jax
@@ -22,12 +23,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ggtalker_jax import avatar as avatar_lib
+from ggtalker_jax.data.dataset import POSE_KEYS
+from ggtalker_jax.errors import MediaError, UsageError
 from ggtalker_jax.models import diffusion
+from ggtalker_jax.workdir import Adapted
 
-POSE_KEYS = ("global_rot", "translation", "neck_pose", "eye_pose")
 # The invisible watermark is measured robust from about 256 px up (experiments/bench_watermark.py); smaller
 # renders are upscaled to this before marking, so every video carries a detectable mark.
 MIN_OUTPUT_SIZE = 256
+MAX_BLINK_RATE = 120.0      # blinks per minute; people blink 10-30 times a minute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,20 @@ class RenderOptions:
     visible_watermark: bool = True
     output_size: int | None = None      # mp4 frame size (None: the avatar's; at least MIN_OUTPUT_SIZE)
 
+    def __post_init__(self):
+        if self.blink_rate is not None and not (math.isfinite(self.blink_rate)
+                                                and 0 <= self.blink_rate <= MAX_BLINK_RATE):
+            raise UsageError(f"--blink_rate {self.blink_rate}: must be a number of blinks per minute in "
+                             f"[0, {MAX_BLINK_RATE:g}] (people blink 10-30 times a minute)")
+        if self.num_diffusion_steps < 1:
+            raise UsageError(f"--steps {self.num_diffusion_steps}: the A2E sampler needs at least 1 DDIM step")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise UsageError(f"--guidance {self.guidance}: must be a finite number >= 0 (1 = no guidance)")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch_size {self.batch_size}: must be >= 1")
+        if self.output_size is not None and not 16 <= self.output_size <= 4096:
+            raise UsageError(f"--output_size {self.output_size}: must be in [16, 4096] pixels")
+
 
 def pingpong_indices(num: int, start: int, stop: int) -> np.ndarray:
     """`num` frame indices walking [start, stop) forward then backward (no jump at the loop point)."""
@@ -52,39 +70,58 @@ def pingpong_indices(num: int, start: int, stop: int) -> np.ndarray:
     return start + np.where(k < n, k, period - k)
 
 
-def predict_expressions(static, params, audio_features, style_id: int, opts: RenderOptions, window: int = 32,
-                        overlap: int = 4):
-    """A2E: audio features [T, Da] -> expressions [T, 53] (DDIM, seeded)."""
-    a2e = avatar_lib.networks(static.config)[0]
-    schedule = diffusion.cosine_schedule(static.config.models.a2e.num_train_steps)
-    apply_fn = diffusion.make_a2e_apply_fn(a2e)
-    steps = min(opts.num_diffusion_steps, schedule.num_train_steps)
-    fn = jax.jit(lambda p, a, k: diffusion.sample_long(apply_fn, {"params": p}, a, k, window, overlap,
-                                                       schedule=schedule, num_steps=steps,
-                                                       guidance=opts.guidance, style_id=style_id))
-    return np.array(fn(params["a2e"], jnp.asarray(audio_features), jax.random.PRNGKey(opts.seed)))
+def predict_expressions(adapted: Adapted, audio_features, opts: RenderOptions) -> np.ndarray:
+    """The adapted A2E: audio features [T, Da] -> expressions [T, 53] (DDIM, seeded)."""
+    prior = adapted.static.config.prior
+    return np.array(diffusion.predict_expressions(
+        adapted.static.config.models.a2e, adapted.params["a2e"], audio_features, jax.random.PRNGKey(opts.seed),
+        window=prior.a2e_window, context=prior.a2e_context, num_steps=opts.num_diffusion_steps,
+        style_id=adapted.style_id, guidance=opts.guidance))
 
 
-def driving_poses(data, num: int, opts: RenderOptions) -> tuple[dict, np.ndarray]:
+def load_pose_file(path: str) -> dict[str, np.ndarray]:
+    """A user head-pose file: .npz with `global_rot` [T, 3] and `translation` [T, 3] (float, finite)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--pose {path}: no such file; use video, static or an .npz with global_rot [T, 3] and "
+                         "translation [T, 3]")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except Exception as e:  # noqa: BLE001  (not a zip, truncated, pickled objects ...)
+        raise MediaError(f"--pose {path}: not a readable .npz of arrays ({type(e).__name__}); write it with "
+                         "numpy.savez(path, global_rot=R, translation=T)") from None
+    out = {}
+    for k in ("global_rot", "translation"):
+        if k not in arrays:
+            raise MediaError(f"--pose {path}: missing array {k!r} [T, 3] (has {sorted(arrays)})")
+        a = arrays[k]
+        if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] < 1 or not np.issubdtype(a.dtype, np.number):
+            raise MediaError(f"--pose {path}: {k} must be a numeric [T, 3] array with T >= 1, got {a.dtype} "
+                             f"{a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise MediaError(f"--pose {path}: {k} contains NaN/inf values")
+        out[k] = a.astype(np.float32)
+    if len(out["global_rot"]) != len(out["translation"]):
+        raise MediaError(f"--pose {path}: global_rot has {len(out['global_rot'])} rows but translation "
+                         f"{len(out['translation'])}")
+    return out
+
+
+def driving_poses(subject, num: int, opts: RenderOptions) -> tuple[dict, np.ndarray]:
     """Per-frame pose arrays for `num` output frames and the subject frame index each one borrows its
     background/body from."""
-    a, b, _ = data.split
+    a, b, _ = subject.split
     idx = pingpong_indices(num, a, b)
-    t = data.tracking
+    t = subject.tracking
     poses = {k: t[k][idx] for k in POSE_KEYS}
     if opts.pose == "static":
         mid = idx[0]
         poses = {k: np.repeat(t[k][mid:mid + 1], num, 0) for k in POSE_KEYS}
         idx = np.full(num, mid)
     elif opts.pose != "video":
-        if not os.path.exists(opts.pose):
-            raise FileNotFoundError(f"--pose {opts.pose}: no such file; use video, static or an .npz with "
-                                    "global_rot [T,3] and translation [T,3]")
-        with np.load(opts.pose) as z:
-            for k in ("global_rot", "translation"):
-                if k not in z:
-                    raise ValueError(f"--pose {opts.pose}: missing array {k!r} [T, 3]")
-                poses[k] = np.asarray(z[k], np.float32)[pingpong_indices(num, 0, z[k].shape[0])]
+        user = load_pose_file(opts.pose)
+        rows = pingpong_indices(num, 0, len(user["global_rot"]))
+        poses.update({k: v[rows] for k, v in user.items()})
     return poses, idx
 
 
@@ -112,99 +149,87 @@ def apply_blinks(expression53: np.ndarray, blink_dims: list[int], rate_per_min: 
     return out
 
 
+def render_sequence(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np.ndarray,
+                    batch_size: int = 8, progress: bool = False) -> Iterator[np.ndarray]:
+    """Renders frames in batches: expr [T, 53], poses {key: [T, k]}, src_idx [T] (the subject frame whose
+    body/background each output frame uses). Yields float32 [b, S, S, 3] batches in [0, 1] (b <= batch_size;
+    the last batch is padded to a full one for the compiled function, then cut)."""
+    static, params, subject = adapted.static, adapted.params, adapted.subject
+    uv_maps = avatar_lib.generate_uv_maps(params, static, _uv_input(adapted))
+
+    @jax.jit
+    def render(frame, frames, masks):
+        return avatar_lib.render_frames(params, static, uv_maps, frame, subject.K, frames, masks)["image"]
+
+    num = expr.shape[0]
+    for s in tqdm(range(0, num, batch_size), desc="render", disable=not progress, unit="batch"):
+        e = min(s + batch_size, num)
+        sel = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
+        frame = {"expression53": jnp.asarray(expr[sel]), **{k: jnp.asarray(v[sel]) for k, v in poses.items()}}
+        images = render(frame, jnp.asarray(subject.frames(src_idx[sel])), jnp.asarray(subject.head_masks(src_idx[sel])))
+        yield np.clip(np.asarray(images)[: e - s], 0.0, 1.0)
+
+
+def _uv_input(adapted: Adapted):
+    subject = adapted.subject
+    ref = subject.reference_index
+    params = {k: v[0] for k, v in subject.frame_params([ref]).items()}
+    return avatar_lib.identity_uv_input(adapted.static, subject.tracking["shape"], subject.frame(ref), params,
+                                        subject.K)
+
+
 def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptions = RenderOptions(),
-                 frames_dir: str | None = None, progress: bool = True) -> dict:
+                 frames_dir: str | None = None, progress: bool = True, data_dir: str | None = None) -> dict:
     """Renders `out_path` (H.264 mp4 with the audio) for an adapted subject. Returns a summary."""
     from ggtalker_jax import watermark
     from ggtalker_jax.audio import features as audio_features
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax.data import media
     from ggtalker_jax.head import blink_dimensions
-    from ggtalker_jax.train.adapt import load_adapted
+    from ggtalker_jax.workdir import load_adapted
 
     timings = {}
     t0 = time.perf_counter()
-    static, params, data, info = load_adapted(workdir)
     wav, sr = audio_io.load_audio(audio_path, sr=16000)
+    adapted = load_adapted(workdir, data_dir)
+    subject = adapted.subject
     audio_io.check_not_silent(wav, audio_path)
-    feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=data.fps)
+    feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=subject.fps)
     num = feats.shape[0]
     timings["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    expr = predict_expressions(static, params, feats, int(info["style_id"]), opts)
+    expr = predict_expressions(adapted, feats, opts)
     timings["a2e_s"] = time.perf_counter() - t0
-    poses, src_idx = driving_poses(data, num, opts)
-    blink_dims = blink_dimensions(static.head_model)
+    poses, src_idx = driving_poses(subject, num, opts)
+    blink_dims = blink_dimensions(adapted.static.head_model)
     if opts.blink_rate is not None:
-        expr = apply_blinks(expr, blink_dims, opts.blink_rate, data.fps, opts.seed)
+        expr = apply_blinks(expr, blink_dims, opts.blink_rate, subject.fps, opts.seed)
     elif blink_dims and opts.pose == "video":  # eyes follow the video by default
-        expr[:, blink_dims] = data.expression53[src_idx][:, blink_dims]
+        expr[:, blink_dims] = subject.expression53[src_idx][:, blink_dims]
 
-    t0 = time.perf_counter()
-    uv_maps = avatar_lib.generate_uv_maps(params, static, data.uv_input)
-
-    @jax.jit
-    def render(frame, frames, masks):
-        return avatar_lib.render_frames(params, static, uv_maps, frame, data.K, frames, masks)["image"]
-
-    out_frames = []
-    bs = opts.batch_size
-    for s in tqdm(range(0, num, bs), desc="render", disable=not progress, unit="batch"):
-        e = min(s + bs, num)
-        pad = bs - (e - s)
-        sel = np.concatenate([np.arange(s, e), np.full(pad, e - 1)])
-        frame = {"expression53": jnp.asarray(expr[sel]), **{k: jnp.asarray(v[sel]) for k, v in poses.items()}}
-        imgs = render(frame, jnp.asarray(data.frames[src_idx[sel]]), jnp.asarray(data.head_masks[src_idx[sel]]))
-        out_frames.append(np.asarray(imgs)[: e - s])
-    frames = (np.clip(np.concatenate(out_frames), 0, 1) * 255 + 0.5).astype(np.uint8)
-    timings["render_s"] = time.perf_counter() - t0
-    timings["render_fps"] = num / max(timings["render_s"], 1e-9)
-
-    size = max(opts.output_size or frames.shape[1], MIN_OUTPUT_SIZE)
-    if size != frames.shape[1]:
-        frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
+    size = max(opts.output_size or adapted.static.config.image_size, MIN_OUTPUT_SIZE)
     key = watermark.load_key()
     payload = watermark.Payload.create(os.path.abspath(workdir), audio_path, visible_mark=opts.visible_watermark)
     record = key.sign(payload)
-    frames = watermark.embed_frames(frames, record, key, visible=opts.visible_watermark)
     if frames_dir:
         os.makedirs(frames_dir, exist_ok=True)
-        for i, f in enumerate(frames):
-            cv2.imwrite(os.path.join(frames_dir, f"{i:06d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    media.write_mp4(out_path, frames, fps=data.fps, audio=(wav, sr), comment=record.to_metadata())
-    return {"out": os.path.abspath(out_path), "frames": int(num), "seconds": num / data.fps, **timings}
+    t0 = time.perf_counter()
 
+    def marked_frames() -> Iterator[np.ndarray]:
+        written = 0
+        for batch in render_sequence(adapted, expr, poses, src_idx, opts.batch_size, progress):
+            u8 = (batch * 255 + 0.5).astype(np.uint8)
+            if size != u8.shape[1]:
+                u8 = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in u8])
+            u8 = watermark.embed_frames(u8, record, key, visible=opts.visible_watermark)
+            for f in u8:
+                if frames_dir:
+                    cv2.imwrite(os.path.join(frames_dir, f"{written:06d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+                written += 1
+                yield f
 
-def main(argv) -> int:
-    from absl import flags
-
-    from ggtalker_jax.cli import parse_flags
-    fv = flags.FlagValues()
-    flags.DEFINE_string("workdir", None, "adapted subject (from `ggtalker adapt` or `ggtalker demo`)", flag_values=fv)
-    flags.DEFINE_string("audio", None, "driving speech: wav/mp3/m4a/..., any sample rate, mono or stereo",
-                        flag_values=fv)
-    flags.DEFINE_string("out", None, "output mp4", flag_values=fv)
-    flags.DEFINE_string("pose", "video", "head pose: video | static | FILE.npz (global_rot, translation [T,3])",
-                        flag_values=fv)
-    flags.DEFINE_float("blink_rate", None, "blinks per minute (default: eye motion from the video)", flag_values=fv)
-    flags.DEFINE_integer("steps", 10, "DDIM steps of the A2E sampler", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 8, "frames rendered per batch", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "sampler seed", flag_values=fv)
-    flags.DEFINE_integer("output_size", None, "resize the output frames to this size", flag_values=fv)
-    flags.DEFINE_string("frames_dir", None, "also write the frames as PNG here", flag_values=fv)
-    flags.DEFINE_bool("visible_watermark", True, "draw the visible 'AI-generated' mark (turning it off is "
-                      "recorded in the invisible watermark)", flag_values=fv)
-    parse_flags(fv, argv)
-    missing = [n for n in ("workdir", "audio", "out") if not getattr(fv, n)]
-    if missing:
-        print(f"ggtalker render: missing --{', --'.join(missing)}", file=sys.stderr)
-        return 2
-    opts = RenderOptions(pose=fv.pose, blink_rate=fv.blink_rate, num_diffusion_steps=fv.steps,
-                         batch_size=fv.batch_size, seed=fv.seed, output_size=fv.output_size,
-                         visible_watermark=fv.visible_watermark)
-    summary = render_video(fv.workdir, fv.audio, fv.out, opts, fv.frames_dir)
-    print(f"rendered {summary['frames']} frames ({summary['seconds']:.2f} s) at {summary['render_fps']:.1f} fps "
-          f"(A2E {summary['a2e_s']:.1f} s)")
-    print(f"video: {summary['out']}")
-    return 0
+    media.write_mp4(out_path, marked_frames(), fps=subject.fps, audio=(wav, sr), comment=record.to_metadata())
+    timings["render_s"] = time.perf_counter() - t0
+    timings["render_fps"] = num / max(timings["render_s"], 1e-9)
+    return {"out": os.path.abspath(out_path), "frames": int(num), "seconds": num / subject.fps, **timings}

@@ -6,7 +6,7 @@ import pytest
 import soundfile
 
 from ggtalker_jax.audio import features, io
-from ggtalker_jax.data.errors import MediaError
+from ggtalker_jax.errors import MediaError
 
 
 def _dominant_freq(wav, sr):

@@ -6,7 +6,7 @@ import pytest
 
 from ggtalker_jax.data import dataset as ds
 from ggtalker_jax.data import loader
-from ggtalker_jax.data.errors import DatasetError
+from ggtalker_jax.errors import DatasetError
 
 
 def _write_fake(d, t=22, size=16, da=6, ident=0):

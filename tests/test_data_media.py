@@ -6,7 +6,7 @@ import pytest
 
 from ggtalker_jax.audio.io import ffmpeg_exe, load_audio
 from ggtalker_jax.data import media
-from ggtalker_jax.data.errors import MediaError
+from ggtalker_jax.errors import MediaError
 
 
 def _frames(n, h=48, w=64):

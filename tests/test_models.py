@@ -218,4 +218,9 @@ def test_paper_config_shapes_and_counts_without_memory(capsys):
     with pytest.raises(ValueError, match="widths"):
         dataclasses.replace(cfg.generator, widths=(8, 16))
     assert main(["--config", "paper", "--modules", "color_mlp"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "gaussians: 262144"
+    from ggtalker_jax import head
+    from ggtalker_jax.head import uv
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == "uv texels: 262144"
+    bound = uv.build_uv_binding(head.load("open"), 512).num_gaussians
+    assert 0.9 * 262144 < bound < 262144 and lines[-1] == f"gaussians: {bound}"

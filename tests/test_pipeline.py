@@ -1,4 +1,5 @@
 """End to end on a tiny default subject: priors -> 5-stage adaptation (resumable) -> render -> eval -> watermark."""
+import dataclasses
 import json
 import subprocess
 
@@ -10,7 +11,9 @@ import pytest
 from ggtalker_jax import avatar as avatar_lib
 from ggtalker_jax.audio import io as audio_io
 from ggtalker_jax.data import default_subject
-from ggtalker_jax.train import adapt, ev_prior, priors
+from ggtalker_jax import priors
+from ggtalker_jax import workdir as workdir_lib
+from ggtalker_jax.train import adapt, ev_prior
 
 CFG = avatar_lib.AvatarConfig.small(image_size=32)
 
@@ -24,15 +27,15 @@ def adapted(tmp_path_factory):
     prior_dir = root / "priors"
     ev_prior.train_small_priors(str(prior_dir), [str(subject)], CFG, num_steps=2, progress=False)
     stages = adapt.small_schedule(2)
-    summary = adapt.adapt(str(subject), str(root / "workdir"), str(prior_dir), stages,
-                          adapt.AdaptConfig(stages=stages, window=8), progress=False)
+    summary = adapt.adapt(str(subject), str(root / "workdir"), str(prior_dir), stages, adapt.AdaptConfig(),
+                          avatar_config=CFG, progress=False)
     return root, summary
 
 
 def test_priors_round_trip(adapted):
     root, _ = adapted
     params, cfg, trained = priors.load_priors(str(root / "priors"))
-    assert cfg == CFG and "ev" in trained and "a2e" in trained
+    assert cfg.models_preset == CFG.prior.models_preset and "ev" in trained and "a2e" in trained
     fresh = avatar_lib.init_network_params(jax.random.PRNGKey(0), CFG)
     assert jax.tree.structure(params) == jax.tree.structure(fresh)
 
@@ -45,24 +48,29 @@ def test_adaptation_runs_every_stage_and_freezes_the_rest(adapted):
     assert (root / "workdir" / "avatar.json").exists()
 
 
-def test_stage_masks_touch_only_their_groups(adapted):
+def test_each_paper_stage_changes_exactly_its_groups(adapted, tmp_path):
     root, _ = adapted
-    static, params, data, _ = adapt.load_adapted(str(root / "workdir"))
-    stage = adapt.Stage("only_uv", ("uv_delta",), minutes=1.0, steps=1, learning_rate=1e-2)
-    cfg = adapt.AdaptConfig(stages=(stage,), window=8)
-    init_opt, step = adapt.make_step(static, data, cfg)
-    new, _ = adapt.run_stage(params, data, stage, cfg, jax.random.PRNGKey(0), init_opt, step, progress=False)
-    for group in adapt.PARAM_GROUPS:
-        changed = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params[group]), jax.tree.leaves(new[group])))
-        assert changed == (group == "uv_delta"), group
+    a = workdir_lib.load_adapted(str(root / "workdir"))
+    stats = {k: a.params[k] for k in ("generator_stats", "inpainter_stats")}
+    params = {k: v for k, v in a.params.items() if k not in stats}
+    uv_input = adapt._uv_input(a.static, a.subject)
+    for i, stage in enumerate(adapt.paper_schedule()):
+        one_step = dataclasses.replace(stage, steps=1, learning_rate=1e-2)
+        new, record = adapt.run_stage(a.static, a.subject, uv_input, params, stats, one_step, adapt.AdaptConfig(),
+                                      str(tmp_path / f"run{i}"), i, progress=False)
+        assert record["steps"] == 1
+        for group in adapt.PARAM_GROUPS:
+            changed = any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params[group]),
+                                                                   jax.tree.leaves(new[group])))
+            assert changed == (group in stage.trainable), (stage.name, group)
 
 
 def test_rerun_resumes_after_the_last_stage(adapted, capsys):
     root, _ = adapted
     stages = adapt.small_schedule(2)
     summary = adapt.adapt(str(root / "subject"), str(root / "workdir"), str(root / "priors"), stages,
-                          adapt.AdaptConfig(stages=stages, window=8), progress=False)
-    assert "resuming adaptation after stage 5" in capsys.readouterr().out
+                          adapt.AdaptConfig(), avatar_config=CFG, progress=False)
+    assert "all 5 stages are already finished; nothing to do" in capsys.readouterr().out
     assert len(summary["stages"]) == 5
 
 
@@ -112,9 +120,9 @@ def test_mouth_track_bridges_frames_without_a_face(monkeypatch):
     lmk[[2, 4]] = np.nan                                     # no face in frames 2 and 4
     monkeypatch.setattr(metrics, "face_mesh_landmarks", lambda frames: lmk.copy())
     frames = np.zeros((t, 8, 8, 3), np.uint8)
-    opening, _, src = protocol._mouth_track(frames, None, None, None, None, None, source="mediapipe")
+    opening, _, src = protocol._mouth_track(frames, None, None, None, None, source="mediapipe")
     np.testing.assert_allclose(opening, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     assert "4/6" in src
     monkeypatch.setattr(metrics, "face_mesh_landmarks", lambda frames: np.full((t, 478, 3), np.nan))
-    opening, _, src = protocol._mouth_track(frames, None, None, None, None, None, source="mediapipe")
+    opening, _, src = protocol._mouth_track(frames, None, None, None, None, source="mediapipe")
     assert np.isnan(opening).all() and "0/6" in src

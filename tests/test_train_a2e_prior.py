@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ggtalker_jax.models import get_config
+from ggtalker_jax.errors import DatasetError
+from ggtalker_jax.models import diffusion, get_config
 from ggtalker_jax.train import a2e_prior, trainer
 
 MC = get_config("small").a2e
@@ -45,13 +46,13 @@ def test_reader_and_windows(subjects):
 
 
 def test_reader_errors_name_the_file(tmp_path, subjects):
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(DatasetError, match="meta.json"):
         a2e_prior.load_prepared(str(tmp_path))
     bad = a2e_prior.make_synthetic_prepared_dir(str(tmp_path / "bad"), num_frames=40)
     audio = np.load(os.path.join(bad, "audio_features.npy"))
     audio[3, 5] = np.nan
     np.save(os.path.join(bad, "audio_features.npy"), audio)
-    with pytest.raises(ValueError, match="audio_features.npy contains NaN"):
+    with pytest.raises(DatasetError, match="audio_features.npy contains NaN"):
         a2e_prior.load_prepared(bad)
 
 
@@ -83,11 +84,11 @@ def test_training_reduces_the_loss_on_synthetic_data(tmp_path, subjects):
     assert os.listdir(tmp_path / "w" / "tb")
     # the trained prior predicts expressions for a whole clip
     audio = clips[0].audio[:40]
-    pred = a2e_prior.predict_expressions(MC, params, audio, jax.random.PRNGKey(0), num_steps=10,
-                                         style_id=1, window=16, overlap=4)
+    pred = diffusion.predict_expressions(MC, params, audio, jax.random.PRNGKey(0), num_steps=10,
+                                         style_id=1, window=16, context=4)
     assert pred.shape == (40, 53) and bool(jnp.all(jnp.isfinite(pred)))
-    again = a2e_prior.predict_expressions(MC, params, audio, jax.random.PRNGKey(0), num_steps=10,
-                                          style_id=1, window=16, overlap=4)
+    again = diffusion.predict_expressions(MC, params, audio, jax.random.PRNGKey(0), num_steps=10,
+                                          style_id=1, window=16, context=4)
     np.testing.assert_array_equal(np.asarray(pred), np.asarray(again))
     # audio-driven: the predicted jaw opening follows the target better than a constant would
     jaw_err = float(np.mean((np.asarray(pred[:, 50]) - clips[0].expression[:40, 50]) ** 2))
@@ -98,15 +99,15 @@ def test_training_reduces_the_loss_on_synthetic_data(tmp_path, subjects):
 def test_predict_expressions_rejects_bad_audio():
     params = a2e_prior.init_params(MC, 0)
     with pytest.raises(ValueError, match=r"expected \[T,320\]"):
-        a2e_prior.predict_expressions(MC, params, np.zeros((10, 80)), jax.random.PRNGKey(0))
+        diffusion.predict_expressions(MC, params, np.zeros((10, 80)), jax.random.PRNGKey(0), window=8, context=2)
 
 
 def test_export_round_trips(tmp_path):
     avatar = pytest.importorskip("ggtalker_jax.avatar", exc_type=ImportError)
-    from ggtalker_jax.train import priors
+    from ggtalker_jax import priors
 
     params = jax.tree.map(lambda x: np.asarray(x) + 0.5, a2e_prior.init_params(MC, 1))
-    cfg = avatar.AvatarConfig.small()
+    cfg = avatar.PriorConfig()
     a2e_prior.export_prior(str(tmp_path), cfg, params, {"num_steps": 7})
     loaded, loaded_cfg, trained = priors.load_priors(str(tmp_path))
     assert loaded_cfg == cfg and trained["a2e"] == {"num_steps": 7}

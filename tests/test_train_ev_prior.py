@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 
 from ggtalker_jax.data import default_subject
-from ggtalker_jax.train import priors
+from ggtalker_jax import priors
 
 LAUNCHER = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "train_ev_prior.py"
 
@@ -28,6 +28,6 @@ def test_ev_prior_trains_resumes_and_exports(tmp_path, capsys):
     assert launcher.main(args + ["--num_steps", "3"]) == 0
     assert "resumed at step 2" in capsys.readouterr().out
     second, cfg, trained = priors.load_priors(str(tmp_path / "run" / "priors"))
-    assert trained["ev"]["steps"] == 3 and cfg.image_size == 32
+    assert trained["ev"]["steps"] == 3 and trained["ev"]["image_size"] == 32
     assert not np.array_equal(first["generator"]["head"]["kernel"], second["generator"]["head"]["kernel"])
     assert (tmp_path / "run" / "samples" / "ev_step0000002.png").stat().st_size > 500

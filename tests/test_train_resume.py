@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from ggtalker_jax.train import a2e_prior, trainer
-from ggtalker_jax.train.checkpoint import Checkpointer
+from ggtalker_jax.checkpoint import Checkpointer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "experiments" / "train_a2e_prior.py"

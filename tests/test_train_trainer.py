@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ggtalker_jax.train import trainer
-from ggtalker_jax.train.checkpoint import Checkpointer
+from ggtalker_jax.checkpoint import Checkpointer
 
 _DP_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -92,7 +92,7 @@ class _ToyData:
         self.i = s["i"]
 
 
-def _toy_loss(params, batch, rng):
+def _toy_loss(params, batch, rng, batch_stats=None):
     err = batch["x"] * params["w"] - batch["y"]
     return jnp.mean(jnp.square(err)), {"abs_w": jnp.abs(params["w"]).mean()}
 
@@ -112,7 +112,7 @@ def test_toy_training_converges_and_resumes_data_position(tmp_path):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     cfg = trainer.TrainConfig(num_steps=20, learning_rate=0.1, warmup_steps=0, checkpoint_every=5)
-    with pytest.raises(trainer.NonFiniteLossError, match=r"at step 8 .*last good checkpoint is step 5"):
+    with pytest.raises(trainer.TrainingError, match=r"at step 8 .*last good checkpoint is step 5"):
         trainer.run_training(_toy_loss, {"w": jnp.zeros((2,))}, _ToyData(nan_at=7), cfg, tmp_path)
     with Checkpointer(tmp_path / "checkpoints") as ck:
         assert ck.latest() == 5

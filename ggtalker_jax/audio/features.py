@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ggtalker_jax.data.errors import MediaError
+from ggtalker_jax.errors import MediaError
 
 LOG_MEL_EPS = 1e-6
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ggtalker_jax.data.errors import MediaError
+from ggtalker_jax.errors import MediaError
 
 # Clips whose RMS level is below this (dBFS, full scale = 1.0) are treated as silent.
 SILENCE_DBFS = -60.0

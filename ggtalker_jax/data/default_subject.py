@@ -25,6 +25,7 @@ from ggtalker_jax.data import dataset as ds
 from ggtalker_jax.head import open_head
 from ggtalker_jax.head import uv as uv_lib
 from ggtalker_jax.render import head_space_viewmat, intrinsics_from_fov, rasterization
+from ggtalker_jax.render.camera import head_space_to_pixels
 
 FPS = 25.0
 FOV_DEGREES = 18.0
@@ -156,8 +157,8 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
                                                      local_rot, local_scale)
         img, alpha, _ = rasterization(means, quats, scales, jnp.full((m,), 0.98), colours, view,
                                       jnp.asarray(K)[None], size, size)
-        pix = o.landmarks @ jnp.diag(jnp.array([1.0, -1.0, -1.0])) @ jnp.asarray(K).T
-        return img[0], alpha[0], pix[:, :2] / pix[:, 2:], pix[:, 2]
+        xy, depth = head_space_to_pixels(o.landmarks, K)
+        return img[0], alpha[0], xy, depth
 
     background = _background(size, rng)
     mp_index = np.asarray(model.lmk_mediapipe_index)

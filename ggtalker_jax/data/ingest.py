@@ -3,7 +3,8 @@
 `prepare` runs: probe -> audio (16 kHz mono, silence check) -> pass 1: decode at `fps`, face landmarks
 per frame (streamed, frames not kept) -> gap check / interpolation -> smoothed head crop boxes -> pass 2:
 decode again, crop + resize, person segmentation + head mask, write JPEG/PNG -> landmarks in crop pixels,
-audio features, 10:1 time split, meta.json -> optional ``track_fn(dataset_dir)`` (head tracking hook).
+audio features, 10:1 time split, meta.json -> optional ``track_fn(dataset_dir)`` (head tracking hook,
+run before the dataset appears).
 Everything is written to ``OUT.partial`` first and renamed to ``OUT`` at the end, so a crash never leaves
 a half-written dataset that looks complete.
 """
@@ -15,7 +16,6 @@ import logging
 import os
 import pathlib
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +29,7 @@ from ggtalker_jax.data import dataset as ds
 from ggtalker_jax.data import landmarks as lm_lib
 from ggtalker_jax.data import masks as masks_lib
 from ggtalker_jax.data import media
-from ggtalker_jax.data.errors import MediaError
+from ggtalker_jax.errors import MediaError, RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ def prepare(video_path: str | os.PathLike, out_dir: str | os.PathLike, size: int
     timings: dict[str, float] = {}
     video_path = pathlib.Path(video_path)
     out_dir = pathlib.Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose another --out or pass overwrite=True")
+    check_replaceable(out_dir, overwrite)
     if size < 16:
         raise ValueError(f"prepare: size must be >= 16, got {size}")
     ext_features = None if str(features) == "logmel" else pathlib.Path(features)
@@ -227,17 +226,37 @@ def prepare(video_path: str | os.PathLike, out_dir: str | os.PathLike, size: int
             "timings": {k: round(v, 4) for k, v in timings.items()}, "stats": stats,
             "crop": dataclasses.asdict(crop_config), "mask_dilate_px": int(mask_dilate_px)}
     (tmp_dir / ds.META).write_text(json.dumps(meta, indent=1))
+    if track_fn is not None:      # tracking runs before the dataset appears: it appears whole or not at all
+        t0 = time.perf_counter()
+        track_fn(tmp_dir)
+        timings["tracking"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+    check_replaceable(out_dir, overwrite)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
-    if track_fn is not None:
-        t0 = time.perf_counter()
-        track_fn(out_dir)
-        timings["tracking"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - t_start
     ms = {k: 1000.0 * v / num_frames for k, v in timings.items()}
     return {"out_dir": str(out_dir), "frames": num_frames, "fps": float(fps), "size": int(size),
             "found_ratio": float(found.mean()), "lost_ranges": lost_ranges, "ms_per_frame": ms}
+
+
+def check_replaceable(out_dir: pathlib.Path, overwrite: bool) -> None:
+    """Refuses an existing `out_dir` unless `overwrite` and it is recognisably a prepared dataset (a
+    `meta.json` of this format): `prepare --overwrite` never deletes anything else."""
+    if not out_dir.exists():
+        return
+    if not overwrite:
+        raise RefusedError(f"{out_dir} already exists; choose another --out, or pass --overwrite to replace the "
+                           "prepared dataset there")
+    meta_path = out_dir / ds.META
+    try:
+        meta = json.loads(meta_path.read_text())
+        ours = isinstance(meta, dict) and "version" in meta and "num_frames" in meta and (out_dir / ds.FRAMES_DIR).is_dir()
+    except (OSError, ValueError):
+        ours = False
+    if not out_dir.is_dir() or not ours:
+        raise RefusedError(f"{out_dir} exists and is not a prepared dataset (no {ds.META} of ggtalker's format); "
+                           "--overwrite only replaces prepared datasets, so nothing was deleted. Choose another --out")
 
 
 def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, indices=(0,)) -> list[pathlib.Path]:
@@ -261,7 +280,7 @@ def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, ind
     return paths
 
 
-def _tracker(head: str):
+def tracker(head: str):
     """The track_fn that fits `head` to the prepared landmarks (ggtalker_jax.data.track)."""
     def track(out_dir):
         from ggtalker_jax.data.track import track_dataset
@@ -270,49 +289,3 @@ def _tracker(head: str):
         log.info("tracking: landmark error %.2f px mean, %.2f px median (%.1f s)", float(err.mean()),
                  float(np.median(err)), result["seconds"])
     return track
-
-
-def main(argv: list[str]) -> int:
-    """``ggtalker prepare --video IN.mp4 --out DIR [--size 512] [--fps 25] [--features logmel|F.npy] ...``.
-
-    Prints the summary as JSON; on bad input prints the error (which names the file and the fix) and
-    returns 1.
-    """
-    from absl import flags
-
-    from ggtalker_jax.cli import parse_flags
-
-    fv = flags.FlagValues()
-    flags.DEFINE_string("video", None, "input talking-head video with its sound track", flag_values=fv)
-    flags.DEFINE_string("out", None, "output dataset directory", flag_values=fv)
-    flags.DEFINE_integer("size", 512, "crop side in pixels", flag_values=fv)
-    flags.DEFINE_float("fps", 25.0, "dataset frame rate", flag_values=fv)
-    flags.DEFINE_string("features", "logmel", "'logmel' or a .npy [S, D] of precomputed audio features",
-                        flag_values=fv)
-    flags.DEFINE_float("feature_fps", 50.0, "rate of the --features .npy rows (Hz)", flag_values=fv)
-    flags.DEFINE_float("max_seconds", None, "use only the first seconds of the video", flag_values=fv)
-    flags.DEFINE_boolean("overwrite", False, "replace an existing --out directory", flag_values=fv)
-    flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
-    flags.DEFINE_string("preview", None, "also write crops with landmarks drawn as PNGs to this directory",
-                        flag_values=fv)
-    flags.DEFINE_boolean("track", True, "fit the head model to the landmarks (writes tracking.npz)", flag_values=fv)
-    flags.DEFINE_string("head", "open", "head model for tracking: 'open' or FLAME's generic_model.pkl", flag_values=fv)
-    rest = parse_flags(fv, argv)
-    if rest or not fv.video or not fv.out:
-        print(f"{argv[0]}: need --video and --out (got extra arguments {rest})" if rest else
-              f"{argv[0]}: need --video IN.mp4 and --out DIR", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        summary = prepare(fv.video, fv.out, size=fv.size, fps=fv.fps, features=fv.features,
-                          feature_fps=fv.feature_fps, max_seconds=fv.max_seconds, overwrite=fv.overwrite,
-                          progress=fv.progress, track_fn=_tracker(fv.head) if fv.track else None)
-    except (ValueError, FileExistsError) as e:  # MediaError / DatasetError are ValueErrors
-        print(f"ggtalker prepare: error: {e}", file=sys.stderr)
-        return 1
-    if fv.preview:
-        n = summary["frames"]
-        save_preview(fv.out, fv.preview, indices=(0, n // 2, n - 1))
-    summary["lost_ranges"] = [list(r) for r in summary["lost_ranges"]]
-    print(json.dumps(summary, indent=1))
-    return 0

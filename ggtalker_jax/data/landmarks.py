@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-NUM_LANDMARKS = 478
+from ggtalker_jax.constants import NUM_LANDMARKS  # noqa: E402  (re-exported)
 # Handy MediaPipe mesh indices.
 NOSE_TIP = 1
 CHIN = 152

@@ -1,18 +1,31 @@
-"""Grain input pipeline over one or more prepared dataset directories (identities).
+"""Grain input pipeline over one or more prepared dataset directories (identities): the one loader of
+training samples, for the Expression-Visual prior and for adaptation.
 
-Each sample (before batching) is a dict::
+Each sample (before batching) is a frame t of one identity. Always::
 
-    frame          float32 [S, S, 3] in [0, 1]
-    mask           float32 [S, S, 2] (head mask, person probability)
-    landmarks      float32 [478, 3] (crop pixels)
-    audio          float32 [2 * audio_window + 1, Da]  features of frames t - w .. t + w (clamped at the clip ends)
-    index          int32   frame index t within its clip
-    identity       int32   position of the clip in `dataset_dirs`
+    frame          float32 [S, S, 3] in [0, 1]        (S = `LoaderConfig.image_size`, default the crop size)
+    mask           float32 [S, S, 2]                  head mask, person probability
+    landmarks      float32 [478, 3]                   MediaPipe landmarks in pixels of the S x S frame
+    found          bool    []                         MediaPipe found the face in this frame
+    audio          float32 [2 * audio_window + 1, Da] features of frames t - w .. t + w (clamped at the clip ends)
+    index          int32   []                         frame index t within its clip
+    identity       int32   []                         position of the clip in `dataset_dirs`
+
+With ``with_tracking`` (the dataset must have tracking.npz): the frame's head parameters
+``expression53`` [53], ``global_rot`` [3], ``translation`` [3], ``neck_pose`` [3], ``eye_pose`` [6], and
+the identity's ``shape`` [S_shape] and intrinsics ``K`` [3, 3] at size S. With ``window`` = W > 0 also an
+audio-expression window containing t: ``window_index`` [W] int32 (frame indices, inside the split),
+``window_audio`` [W, Da], ``window_expression53`` [W, 53] and ``render_pos`` int32 (t's position in the
+window, uniformly random). With ``mouth_mask``: ``mouth_mask`` float32 [S, S, 1], the dilated hull of the
+lips (from the landmarks). With ``with_reference``: the identity's reference frame (its first training
+frame) ``reference_frame`` [S, S, 3] and its head parameters ``reference_expression53``,
+``reference_global_rot``, ... (the Identity-Gaussian Generator's input).
 
 Pipeline: all (identity, frame) pairs of the split -> global shuffle by seed (reshuffled every epoch) ->
-shard ``[shard_index::shard_count]`` (defaults: ``jax.process_index() / jax.process_count()``) -> load ->
-batch (drop remainder) -> `grain.DatasetIterator`, whose ``get_state() / set_state()`` make it resumable
-(store the state next to the model checkpoint).
+shard ``[shard_index::shard_count]`` (defaults: ``jax.process_index() / jax.process_count()``) -> load
+(frames read from disk one at a time: memory does not grow with the clip) -> batch (drop remainder) ->
+`grain.DatasetIterator`, whose ``get_state() / set_state()`` make it resumable (the trainer stores the
+state next to the model checkpoint).
 """
 from __future__ import annotations
 
@@ -23,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from ggtalker_jax.constants import LIPS_OUTER_LOWER, LIPS_OUTER_UPPER
+from ggtalker_jax.data import dataset as ds_lib
 from ggtalker_jax.data.dataset import PreparedDataset
-from ggtalker_jax.data.errors import DatasetError
+from ggtalker_jax.errors import DatasetError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +55,13 @@ class LoaderConfig:
     prefetch_buffer_size: int = 8
     shard_index: int | None = None
     shard_count: int | None = None
+    image_size: int | None = None  # frames resized to this (None: the prepared crop size)
+    with_tracking: bool = False
+    window: int = 0  # audio-expression window around each sample (0: none; needs with_tracking)
+    mouth_mask: bool = False
+    mouth_dilation: float = 0.25  # the lip hull grows by this fraction of the mouth width
+    with_reference: bool = False  # needs with_tracking
+    only_found: bool = False  # drop frames where MediaPipe lost the face (their landmarks are interpolated)
 
 
 class _FrameIndex:
@@ -62,16 +84,84 @@ def audio_window(features: np.ndarray, t: int, radius: int) -> np.ndarray:
     return features[idx]
 
 
-def load_sample(data: PreparedDataset, identity: int, t: int, radius: int) -> dict[str, np.ndarray]:
+def mouth_mask(landmarks: np.ndarray, size: int, dilation: float = 0.25) -> np.ndarray:
+    """float32 [size, size, 1]: the filled outer-lip polygon of MediaPipe `landmarks` [478, 2|3] (pixels),
+    grown by `dilation` x the mouth width."""
+    import cv2
+
+    ring = np.concatenate([np.asarray(landmarks)[list(LIPS_OUTER_UPPER), :2],
+                           np.asarray(landmarks)[list(LIPS_OUTER_LOWER[::-1]), :2]])
+    out = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(out, [np.round(ring).astype(np.int32)], 1)
+    width = float(np.linalg.norm(ring[0] - ring[len(LIPS_OUTER_UPPER) - 1]))
+    r = int(round(dilation * width))
+    if r > 0:
+        out = cv2.dilate(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return out[..., None].astype(np.float32)
+
+
+class _Identity:
+    """One dataset and what samples of it share (resized views, tracking, intrinsics)."""
+
+    def __init__(self, data: PreparedDataset, config: "LoaderConfig"):
+        self.data = data
+        self.size = config.image_size or data.size
+        self.scale = self.size / data.size
+        self.tracking = data.require_tracking() if config.with_tracking else None
+        if self.tracking is not None:
+            self.expression53 = ds_lib.expression53(self.tracking)
+            self.K = self.tracking["K"].copy()
+            self.K[:2] *= self.scale
+
+    def frame(self, t: int) -> np.ndarray:
+        return ds_lib._resize(self.data.frame(t), self.size).astype(np.float32) / 255.0
+
+    def mask(self, t: int) -> np.ndarray:
+        return ds_lib._resize(self.data.mask(t), self.size)
+
+
+def load_sample(ident: _Identity, identity: int, t: int, config: "LoaderConfig",
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """One training sample (see the module docstring)."""
-    return {
-        "frame": data.frame(t).astype(np.float32) / 255.0,
-        "mask": data.mask(t),
-        "landmarks": data.landmarks[t].astype(np.float32),
-        "audio": audio_window(data.audio_features, t, radius).astype(np.float32),
+    data = ident.data
+    landmarks = (data.landmarks[t] * ident.scale).astype(np.float32)
+    out = {
+        "frame": ident.frame(t),
+        "mask": ident.mask(t),
+        "landmarks": landmarks,
+        "found": np.bool_(data.landmarks_found[t]),
+        "audio": audio_window(data.audio_features, t, config.audio_window).astype(np.float32),
         "index": np.int32(t),
         "identity": np.int32(identity),
     }
+    if config.mouth_mask:
+        out["mouth_mask"] = mouth_mask(landmarks, ident.size, config.mouth_dilation)
+    if ident.tracking is None:
+        return out
+    out.update(ds_lib.frame_params(ident.tracking, t))
+    out["shape"] = ident.tracking["shape"]
+    out["K"] = ident.K.astype(np.float32)
+    if config.window:
+        a, b = _split_range(data, config.split)
+        w = min(config.window, b - a)
+        pos = int(rng.integers(0, w)) if rng is not None else w // 2
+        start = int(np.clip(t - pos, a, b - w))
+        idx = np.arange(start, start + w)
+        out["window_index"] = idx.astype(np.int32)
+        out["window_audio"] = np.asarray(data.audio_features[idx], np.float32)
+        out["window_expression53"] = ident.expression53[idx]
+        out["render_pos"] = np.int32(t - start)
+    if config.with_reference:
+        ref = int(data.train_range[0])
+        out["reference_frame"] = ident.frame(ref)
+        out.update({f"reference_{k}": v for k, v in ds_lib.frame_params(ident.tracking, ref).items()})
+    return out
+
+
+def _split_range(data: PreparedDataset, split: str) -> tuple[int, int]:
+    if split == "all":
+        return 0, data.num_frames
+    return tuple(data.train_range if split == "train" else data.test_range)
 
 
 def make_dataset(dataset_dirs: Sequence[str | os.PathLike] | str | os.PathLike,
@@ -83,14 +173,22 @@ def make_dataset(dataset_dirs: Sequence[str | os.PathLike] | str | os.PathLike,
         dataset_dirs = [dataset_dirs]
     if not dataset_dirs:
         raise ValueError("make_dataset: no dataset directories given")
+    if (config.window or config.with_reference) and not config.with_tracking:
+        raise ValueError("make_dataset: window / with_reference need with_tracking=True")
     datasets = [PreparedDataset(d) for d in dataset_dirs]
     sizes = {d.size for d in datasets}
     dims = {d.audio_features.shape[1] for d in datasets}
-    if len(sizes) > 1 or len(dims) > 1:
+    if (config.image_size is None and len(sizes) > 1) or len(dims) > 1:
         raise DatasetError(f"make_dataset: datasets differ in crop size {sizes} or audio feature dim {dims}; "
-                           "prepare them with the same --size and features")
+                           "prepare them with the same --size and features (or give LoaderConfig.image_size)")
+    idents = [_Identity(d, config) for d in datasets]
+
+    def frames_of(d: PreparedDataset) -> np.ndarray:
+        idx = d.indices(config.split)
+        return idx[d.landmarks_found[idx]] if config.only_found else idx
+
     pairs = np.concatenate([np.stack([np.full(len(idx), k), idx], 1)
-                            for k, idx in ((k, d.indices(config.split)) for k, d in enumerate(datasets))])
+                            for k, idx in ((k, frames_of(d)) for k, d in enumerate(datasets))])
     if config.shard_index is None or config.shard_count is None:
         import jax
 
@@ -110,8 +208,7 @@ def make_dataset(dataset_dirs: Sequence[str | os.PathLike] | str | os.PathLike,
     # equal-length shards: every host runs the same number of steps
     ds = ds[shard_index::shard_count] if config.num_epochs is None else \
         ds[shard_index:per_shard * shard_count * config.num_epochs:shard_count]
-    radius = config.audio_window
-    ds = ds.map(lambda it: load_sample(datasets[it[0]], it[0], it[1], radius))
+    ds = ds.random_map(lambda it, rng: load_sample(idents[it[0]], it[0], it[1], config, rng), seed=config.seed)
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=config.num_threads,
                                                 prefetch_buffer_size=config.prefetch_buffer_size))

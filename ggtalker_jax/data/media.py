@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ggtalker_jax.audio.io import _check_file, ffmpeg_exe, load_audio, write_wav
-from ggtalker_jax.data.errors import MediaError
+from ggtalker_jax.errors import MediaError
 
 
 @dataclasses.dataclass(frozen=True)

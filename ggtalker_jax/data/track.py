@@ -190,15 +190,6 @@ def track_dataset(dataset_dir: str, head: str = "open", config: TrackConfig = Tr
     return result
 
 
-def load_tracking(dataset_dir: str) -> dict:
-    with np.load(os.path.join(dataset_dir, "tracking.npz")) as z:
-        return {k: z[k] for k in z.files}
-
-
-def expression53(tracking: dict) -> np.ndarray:
-    return np.concatenate([tracking["expression"], tracking["jaw_pose"]], -1)
-
-
 def draw_mesh_overlay(frame, vertices, faces, K, colour=(0, 255, 0)) -> np.ndarray:
     """Draws the mesh's front-facing edges (head-space vertices [V, 3]) over an RGB uint8 frame."""
     import cv2

@@ -12,13 +12,12 @@ frames; when MediaPipe finds no face (tiny renders), the head model's own projec
 driving expressions are used and the report says so.
 
 `ggtalker eval --workdir ADAPTED_DIR --out DIR [--cross_id_audio a.wav,b.wav] [--cross_language_audio ...]`
-writes DIR/metrics.json, DIR/report.md and PNG plots.
+(`ggtalker_jax.cli.eval`) writes DIR/metrics.json, DIR/report.md and PNG plots.
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
@@ -26,28 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggtalker_jax import avatar as avatar_lib
+from ggtalker_jax.data.dataset import POSE_KEYS
+from ggtalker_jax.errors import DatasetError, UsageError
 from ggtalker_jax.eval import metrics, plots
+from ggtalker_jax.render.camera import head_space_viewmat
 
 
-def _render_sequence(static, params, data, expr, poses, src_idx, batch_size=8):
-    uv_maps = avatar_lib.generate_uv_maps(params, static, data.uv_input)
-
-    @jax.jit
-    def render(frame, frames, masks):
-        return avatar_lib.render_frames(params, static, uv_maps, frame, data.K, frames, masks)["image"]
-
-    out = []
-    n = expr.shape[0]
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        sel = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
-        frame = {"expression53": jnp.asarray(expr[sel]), **{k: jnp.asarray(v[sel]) for k, v in poses.items()}}
-        out.append(np.asarray(render(frame, jnp.asarray(data.frames[src_idx[sel]]),
-                                     jnp.asarray(data.head_masks[src_idx[sel]])))[: e - s])
-    return np.clip(np.concatenate(out), 0.0, 1.0)
+def _render_sequence(adapted, expr, poses, src_idx, batch_size=8):
+    from ggtalker_jax.infer import render_sequence
+    return np.concatenate(list(render_sequence(adapted, expr, poses, src_idx, batch_size)))
 
 
-def model_mouth_opening(static, params, expr, poses, K) -> np.ndarray:
+def model_mouth_opening(static, params, expr, poses) -> np.ndarray:
     """Mouth opening [T] from the head model's landmarks (MediaPipe indices 13/14 over 78/308)."""
     frame = {"expression53": jnp.asarray(expr), **{k: jnp.asarray(v) for k, v in poses.items()}}
     from ggtalker_jax import head as head_lib
@@ -68,7 +57,7 @@ def model_mouth_opening(static, params, expr, poses, K) -> np.ndarray:
 MOUTH_SOURCES = ("auto", "mediapipe", "model")
 
 
-def _mouth_track(frames_u8, static, params, expr, poses, K, source: str = "auto"):
+def _mouth_track(frames_u8, static, params, expr, poses, source: str = "auto"):
     """Mouth opening [T] of rendered frames, the MediaPipe landmarks [T, 478, 3] (NaN where no face was
     found) and a description of where the opening came from.
 
@@ -80,12 +69,12 @@ def _mouth_track(frames_u8, static, params, expr, poses, K, source: str = "auto"
     if source not in MOUTH_SOURCES:
         raise ValueError(f"mouth source {source!r}: choose one of {MOUTH_SOURCES}")
     if source == "model":
-        return (model_mouth_opening(static, params, expr, poses, K), np.full((len(expr), 478, 3), np.nan),
+        return (model_mouth_opening(static, params, expr, poses), np.full((len(expr), 478, 3), np.nan),
                 "head-model landmarks")
     lmk = metrics.face_mesh_landmarks(frames_u8)
     found = np.isfinite(lmk).all(axis=(1, 2))
     if source == "auto" and found.mean() < 0.8:
-        return model_mouth_opening(static, params, expr, poses, K), lmk, "head-model landmarks"
+        return model_mouth_opening(static, params, expr, poses), lmk, "head-model landmarks"
     opening = np.full(len(lmk), np.nan)
     if found.any():
         opening[found] = metrics.mouth_opening(lmk[found])
@@ -99,46 +88,49 @@ def _sync(energy, mouth):
     return metrics.sync_score(energy, mouth, max_offset=min(15, max(0, (len(energy) - 3) // 2)))
 
 
-def _drive(static, params, data, info, wav, sr, opts):
+def _drive(adapted, wav, sr, opts):
     from ggtalker_jax.audio import features as audio_features
     from ggtalker_jax.infer import driving_poses, predict_expressions
-    feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=data.fps)
-    expr = predict_expressions(static, params, feats, int(info["style_id"]), opts)
-    poses, src = driving_poses(data, expr.shape[0], opts)
+    feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=adapted.subject.fps)
+    expr = predict_expressions(adapted, feats, opts)
+    poses, src = driving_poses(adapted.subject, expr.shape[0], opts)
     return expr, poses, src
 
 
 def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio=(), lpips_weights=None,
-             max_test_frames: int | None = None, mouth_source: str = "auto") -> dict:
+             max_test_frames: int | None = None, mouth_source: str = "auto", data_dir: str | None = None) -> dict:
     """Writes metrics.json, report.md and plots into `out_dir`. mouth_source: see `_mouth_track`."""
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax.infer import RenderOptions, predict_expressions
-    from ggtalker_jax.train.adapt import load_adapted
+    from ggtalker_jax.workdir import load_adapted
 
+    if mouth_source not in MOUTH_SOURCES:
+        raise UsageError(f"--mouth_source {mouth_source!r}: choose one of {MOUTH_SOURCES}")
+    adapted = load_adapted(workdir, data_dir)
+    static, params, data = adapted.static, adapted.params, adapted.subject
     os.makedirs(out_dir, exist_ok=True)
-    static, params, data, info = load_adapted(workdir)
     opts = RenderOptions()
     a, b, c = data.split
     if max_test_frames:
         c = min(c, b + max_test_frames)
     test = np.arange(b, c)
     if len(test) < 2:
-        raise ValueError(f"{data.root}: the test split has {len(test)} frames; prepare a longer video")
+        raise DatasetError(f"{data.root}: the test split has {len(test)} frames; prepare a longer video")
     result = {"subject": data.root, "workdir": os.path.abspath(workdir), "test_frames": [int(b), int(c)]}
 
     # Self-reconstruction: test audio -> A2E -> render with the test frames' poses and backgrounds.
     t0 = time.perf_counter()
-    expr = predict_expressions(static, params, data.audio[test], int(info["style_id"]), opts)
+    expr = predict_expressions(adapted, data.audio[test], opts)
     a2e_s = time.perf_counter() - t0
-    poses = {k: data.tracking[k][test] for k in ("global_rot", "translation", "neck_pose", "eye_pose")}
+    poses = {k: data.tracking[k][test] for k in POSE_KEYS}
     t0 = time.perf_counter()
-    pred = _render_sequence(static, params, data, expr, poses, test)
+    pred = _render_sequence(adapted, expr, poses, test)
     render_s = time.perf_counter() - t0
-    gt = data.frames[test]
+    gt = data.frames(test)
     psnr = np.asarray(metrics.psnr(jnp.asarray(pred), jnp.asarray(gt)))
     ssim = np.asarray(metrics.ssim(jnp.asarray(pred), jnp.asarray(gt)))
     to_u8 = lambda x: (x * 255 + 0.5).astype(np.uint8)
-    mouth_pred, lmk_pred, mouth_src = _mouth_track(to_u8(pred), static, params, expr, poses, data.K, mouth_source)
+    mouth_pred, lmk_pred, mouth_src = _mouth_track(to_u8(pred), static, params, expr, poses, mouth_source)
     lmk_gt = metrics.face_mesh_landmarks(to_u8(gt))
     ok = np.isfinite(lmk_pred[:, 0, 0]) & np.isfinite(lmk_gt[:, 0, 0])
     lmd = float(metrics.lmd(lmk_pred[ok], lmk_gt[ok])) if ok.sum() else float("nan")
@@ -159,7 +151,7 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
         self_recon["lpips"] = "not computed (no weights)"
 
     # Speed, per stage (after compilation).
-    speed = _speed(static, params, data, expr[:8], {k: v[:8] for k, v in poses.items()}, test[:8])
+    speed = _speed(adapted, expr[:8], {k: v[:8] for k, v in poses.items()}, test[:8])
     speed["a2e_clip_s"] = a2e_s
     speed["render_clip_s"] = render_s
     self_recon["fps"] = speed["fps"]
@@ -177,9 +169,9 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
         rows = []
         for path in paths:
             w, s = audio_io.load_audio(path, sr=16000)
-            e, p, src = _drive(static, params, data, info, w, s, opts)
-            frames = _render_sequence(static, params, data, e, p, src)
-            mouth, _, msrc = _mouth_track(to_u8(frames), static, params, e, p, data.K, mouth_source)
+            e, p, src = _drive(adapted, w, s, opts)
+            frames = _render_sequence(adapted, e, p, src)
+            mouth, _, msrc = _mouth_track(to_u8(frames), static, params, e, p, mouth_source)
             en = metrics.audio_energy_per_frame(w, s, data.fps, num_frames=len(e))
             sc = _sync(en, mouth)
             rows.append({"audio": os.path.abspath(path), "frames": int(len(e)),
@@ -198,11 +190,14 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
     return result
 
 
-def _speed(static, params, data, expr, poses, idx) -> dict:
+def _speed(adapted, expr, poses, idx) -> dict:
     """Per-stage timings on a batch of frames (compiled once, then timed)."""
+    from ggtalker_jax.infer import _uv_input
     from ggtalker_jax.render import rasterization
+    static, params, data = adapted.static, adapted.params, adapted.subject
     n = expr.shape[0]
-    uv_fn = jax.jit(lambda: avatar_lib.generate_uv_maps(params, static, data.uv_input))
+    uv_input = _uv_input(adapted)
+    uv_fn = jax.jit(lambda: avatar_lib.generate_uv_maps(params, static, uv_input))
     uv_maps = uv_fn()
     frame = {"expression53": jnp.asarray(expr), **{k: jnp.asarray(v) for k, v in poses.items()}}
 
@@ -213,7 +208,7 @@ def _speed(static, params, data, expr, poses, idx) -> dict:
 
     g = gaussians()
     s = static.config.image_size
-    view = avatar_lib.head_space_viewmat()[None]
+    view = head_space_viewmat()[None]
 
     @jax.jit
     def raster(g):
@@ -222,16 +217,14 @@ def _speed(static, params, data, expr, poses, idx) -> dict:
             g["means"], g["quats"], g["scales"], g["opacities"], g["colors"])
 
     colors = raster(g)
-    frames = jnp.asarray(data.frames[idx])
-    masks = jnp.asarray(data.head_masks[idx])
+    frames = jnp.asarray(data.frames(idx))
+    masks = jnp.asarray(data.head_masks(idx))
 
     @jax.jit
     def inpaint(colors):
-        _, _, _, inp = avatar_lib.networks(static.config)
-        fr = static.config.models.inpainter.render_feature_dim
-        alpha = jnp.ones(colors.shape[:-1] + (1,)) * 0.5
-        return inp.apply({"params": params["inpainter"], "batch_stats": params["inpainter_stats"]},
-                         colors[..., :3], alpha, colors[..., 3:] if fr else None, frames * (1 - masks), masks)
+        heads = {"head_rgb": colors[..., :3], "head_alpha": jnp.ones(colors.shape[:-1] + (1,)) * 0.5,
+                 "head_features": colors[..., 3:]}
+        return avatar_lib.inpaint_frames(params, static, heads, frames, masks)["image"]
 
     timing = metrics.fps_breakdown({"gaussian_generation": uv_fn, "gaussian_binding": gaussians,
                                     "rasterization": lambda: raster(g), "inpainting": lambda: inpaint(colors)},
@@ -275,31 +268,3 @@ def _report(r: dict) -> str:
     lines += [f"| {k[:-3]} | {v:.2f} |" for k, v in sp.items() if k.endswith("_ms")]
     lines += ["", f"{sp['fps']:.1f} frames per second (UV maps generated once per clip)", ""]
     return "\n".join(lines)
-
-
-def main(argv) -> int:
-    from absl import flags
-
-    from ggtalker_jax.cli import parse_flags
-    fv = flags.FlagValues()
-    flags.DEFINE_string("workdir", None, "adapted subject directory", flag_values=fv)
-    flags.DEFINE_string("out", None, "report directory", flag_values=fv)
-    flags.DEFINE_list("cross_id_audio", [], "other speakers' audio files", flag_values=fv)
-    flags.DEFINE_list("cross_language_audio", [], "audio in other languages", flag_values=fv)
-    flags.DEFINE_string("lpips_weights", None, "LPIPS weights .npz (see ggtalker_jax/eval/lpips.py); never "
-                        "downloaded", flag_values=fv)
-    flags.DEFINE_integer("max_test_frames", None, "cap the number of test frames", flag_values=fv)
-    flags.DEFINE_enum("mouth_source", "auto", list(MOUTH_SOURCES), "mouth opening of the renders from MediaPipe, "
-                      "from the head model's lip landmarks (deterministic), or auto (MediaPipe when it finds "
-                      "the face in >= 80% of frames)", flag_values=fv)
-    parse_flags(fv, argv)
-    if not fv.workdir or not fv.out:
-        print("ggtalker eval: --workdir and --out are required", file=sys.stderr)
-        return 2
-    r = evaluate(fv.workdir, fv.out, fv.cross_id_audio, fv.cross_language_audio, fv.lpips_weights,
-                 fv.max_test_frames, fv.mouth_source)
-    s = r["self_reconstruction"]
-    print(f"PSNR {s['psnr']:.2f}  SSIM {s['ssim']:.4f}  LMD {s['lmd']:.3f}  sync offset {s['sync_offset_frames']} "
-          f"conf {s['sync_confidence']:.3f}  FPS {s['fps']:.1f}")
-    print(f"report: {os.path.join(os.path.abspath(fv.out), 'report.md')}")
-    return 0

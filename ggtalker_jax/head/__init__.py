@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ggtalker_jax.head.model import (EXPR53, JOINT_NAMES, NUM_EXPRESSION, HeadModel, HeadOutput, blink_dimensions,
+from ggtalker_jax.head.model import (NUM_EXPRESSION, HeadModel, HeadOutput, blink_dimensions,
                                      forward, join_expression53, rodrigues, split_expression53)
 from ggtalker_jax.head.open_head import EXPRESSION_NAMES as OPEN_EXPRESSION_NAMES
 
@@ -27,4 +27,4 @@ def load(name_or_path: str = "open", num_shape: int | None = None, landmark_embe
 
 
 __all__ = ["load", "forward", "HeadModel", "HeadOutput", "split_expression53", "join_expression53", "rodrigues",
-           "blink_dimensions", "OPEN_EXPRESSION_NAMES", "EXPR53", "NUM_EXPRESSION", "JOINT_NAMES"]
+           "blink_dimensions", "OPEN_EXPRESSION_NAMES", "NUM_EXPRESSION"]

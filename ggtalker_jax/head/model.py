@@ -10,7 +10,6 @@ are the expression interface between audio and geometry, whatever the head model
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -18,9 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-NUM_EXPRESSION = 50
-EXPR53 = 53
-JOINT_NAMES = ("global", "neck", "jaw", "eye_left", "eye_right")
+from ggtalker_jax.constants import EXPR_DIM, NUM_EXPRESSION
 
 
 @struct.dataclass
@@ -73,7 +70,7 @@ class HeadOutput:
 
 def split_expression53(e):
     """[..., 53] -> (expression [..., 50], jaw_pose [..., 3])."""
-    if e.shape[-1] != EXPR53:
+    if e.shape[-1] != EXPR_DIM:
         raise ValueError(f"expression53 must have 53 numbers per frame (50 expression + 3 jaw), got shape {e.shape}")
     return e[..., :NUM_EXPRESSION], e[..., NUM_EXPRESSION:]
 
@@ -187,7 +184,3 @@ def blink_dimensions(model: HeadModel) -> list[int]:
     """Indices (into the 53-dim expression) of the components named as blinks; [] when none are named
     (FLAME's expression space is not named: blinks stay whatever the A2E / tracking gives)."""
     return [i for i, n in enumerate(model.expression_names) if "blink" in n]
-
-
-def replace(model: HeadModel, **changes) -> HeadModel:
-    return dataclasses.replace(model, **changes)

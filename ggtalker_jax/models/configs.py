@@ -10,7 +10,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-EXPR_DIM = 53  # 50 FLAME-style expression coefficients + 3 jaw pose: the audio -> geometry interface.
+from ggtalker_jax.constants import EXPR_DIM  # 50 expression + 3 jaw pose: the audio -> geometry interface
 
 Dtype = Any
 
@@ -116,11 +116,10 @@ class InpainterConfig:
 
     render_feature_dim: Fr, rendered feature channels fed in besides RGB and alpha (may be 0).
     widths: channels of the stem and the 4 downsampling levels.
-    resolution: H = W of the frames (paper 512); only used by the summary / shape checks.
+    The network is fully convolutional: it runs at the avatar's image size (any multiple of 16).
     last_layer_scale: init scale of the output conv, so the output starts at the composite.
     """
 
-    resolution: int = 512
     render_feature_dim: int = 0
     widths: tuple[int, ...] = (32, 64, 128, 256, 512)
     last_layer_scale: float = 1e-3
@@ -164,7 +163,7 @@ def small_config(dtype: Dtype = jnp.float32) -> ModelsConfig:
                       mlp_dim=64, num_styles=4, style_dim=8, audio_window=2, num_train_steps=50),
         generator=GeneratorConfig(resolution=32, widths=(4, 8, 8, 16, 16), feature_dim=4),
         color_mlp=ColorMLPConfig(feature_dim=4, hidden_dim=16, num_layers=2, num_uv_freqs=2),
-        inpainter=InpainterConfig(resolution=32, render_feature_dim=2, widths=(4, 8, 8, 16, 16)),
+        inpainter=InpainterConfig(render_feature_dim=2, widths=(4, 8, 8, 16, 16)),
     )
     return _with_dtype(cfg, dtype)
 

@@ -198,3 +198,29 @@ def sample_long(apply_fn: Callable, params, audio, rng, window: int, overlap: in
     _, rest = jax.lax.scan(next_window, first, (keys[1:], windows[1:]))  # [W-1,1,T,53]
     frames = jnp.concatenate([first, rest.reshape(1, -1, expr_dim)], axis=1)
     return frames[0, :total]
+
+
+def predict_expressions(config, params, audio_features, rng, *, window: int, context: int, num_steps: int = 25,
+                        style_id: int = 0, guidance=1.0):
+    """The A2E at inference: audio features [T, Da] -> expressions [T, 53] (50 expression + 3 jaw pose),
+    generated `window` frames at a time (DDIM, `sample_long`), each window after the first conditioned on
+    the last `context` frames before it: the windowing a prior is trained with (`avatar.PriorConfig`).
+
+    config: the `A2EConfig`; params: the A2ETransformer "params" collection (a prior's "a2e" entry; numpy
+    or jnp leaves). `num_steps` is capped at the model's training steps. Deterministic for a given `rng`.
+    """
+    from ggtalker_jax.models.a2e import A2ETransformer
+
+    audio_features = jnp.asarray(audio_features, jnp.float32)
+    if audio_features.ndim != 2 or audio_features.shape[1] != config.audio_dim:
+        raise ValueError(f"predict_expressions audio_features: expected [T,{config.audio_dim}], got "
+                         f"{audio_features.shape}")
+    if not 0 <= style_id < config.num_styles:
+        raise ValueError(f"predict_expressions style_id: {style_id} not in [0, {config.num_styles})")
+    # jnp leaves: A2ETransformer indexes a param table with traced ints, which numpy leaves cannot do.
+    params = jax.tree.map(jnp.asarray, params)
+    apply_fn = make_a2e_apply_fn(A2ETransformer(config))
+    schedule = cosine_schedule(config.num_train_steps)
+    return sample_long(apply_fn, {"params": params}, audio_features, rng, window, min(context, window),
+                       schedule=schedule, num_steps=min(num_steps, config.num_train_steps), guidance=guidance,
+                       style_id=style_id, expr_dim=config.expr_dim)

@@ -39,3 +39,13 @@ def head_space_viewmat(dtype=jnp.float32) -> jnp.ndarray:
     """The fixed camera of head space: head models use metres, y up, z toward the viewer, and the camera
     sits at the origin looking down -z. Its OpenCV world-to-camera matrix is diag(1, -1, -1, 1) [4, 4]."""
     return jnp.diag(jnp.array([1.0, -1.0, -1.0, 1.0], dtype))
+
+
+def head_space_to_pixels(points, K):
+    """Head-space points [..., N, 3] -> pixel coordinates [..., N, 2] (pixel centres at +0.5, as the
+    rasterizer) and camera depth [..., N] (positive in front of the camera) through `head_space_viewmat`
+    and intrinsics K [3, 3]. Works on jnp and numpy inputs (returns jnp)."""
+    points = jnp.asarray(points)
+    cam = points * jnp.array([1.0, -1.0, -1.0], points.dtype)
+    uvw = cam @ jnp.asarray(K, points.dtype).T
+    return uvw[..., :2] / jnp.maximum(uvw[..., 2:3], 1e-6), cam[..., 2]

@@ -1,22 +1,15 @@
-"""Audio-Expression (A2E) prior: data windows from prepared dataset dirs, the diffusion training loss,
-the training driver, held-out sample plots, and ``predict_expressions`` for inference.
+"""Audio-Expression (A2E) prior: expression windows from prepared datasets, the training driver (a
+configuration of `ggtalker_jax.train.trainer` with `objectives.a2e_objective`) and held-out sample plots.
 
-Prepared dataset dir (one identity each; the i-th dir gets style id i + 1, 0 = generic style):
-    meta.json            {"fps", "num_frames", "split": {"train": [a, b], "test": [b, c]}, ...}
-    audio_features.npy   [T, Da] float32 (frame-aligned audio features)
-    tracking.npz         expression [T, 50], jaw_pose [T, 3], ...   (target = concat -> [T, 53])
-
-A training example is a window of ``window`` frames from the train split plus the ``prev`` clean frames
-just before it (motion context). Loss: x0-prediction diffusion objective at uniformly random timesteps
-with classifier-free condition dropout (``cond_drop_prob``) = ``losses.a2e_loss`` (expression L2 +
-velocity + optional lip-vertex term) on the predicted clean window. With probability
-``no_prev_prob`` a step trains without the previous-frame context (the first window at inference has
-none).
+Each prepared dataset (`ggtalker_jax.data.dataset`) is one identity; the i-th gets style id i + 1
+(0 = generic style). A training example is a window of ``window`` frames from the train split plus the
+``prev`` clean frames just before it (motion context). The windowing is the prior's
+(`avatar.PriorConfig.a2e_window` / `a2e_context`): inference cuts audio the same way
+(`models.diffusion.predict_expressions`).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -24,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ggtalker_jax.data import dataset as dataset_lib
+from ggtalker_jax.data.dataset import PreparedDataset
+from ggtalker_jax.errors import DatasetError, UsageError
 from ggtalker_jax.models import A2EConfig, A2ETransformer
 from ggtalker_jax.models import diffusion
-from ggtalker_jax.train import losses, trainer
-
-EXPR_KEYS = ("expression", "jaw_pose")
+from ggtalker_jax.train import objectives, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +50,7 @@ class A2ETrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedClip:
-    """One identity: audio [T,Da] float32, expression [T,53] float32, fps, split {"train": (a,b), ...}."""
+    """One identity's A2E view: audio [T,Da] float32, expression [T,53] float32, fps, split {"train": (a,b), ...}."""
 
     path: str
     audio: np.ndarray
@@ -68,38 +62,12 @@ class PreparedClip:
 # ------------------------------------------------------------------------------------------ data
 
 def load_prepared(path: str) -> PreparedClip:
-    """Reads a prepared dataset dir (see module docstring); clear errors on missing/corrupt files."""
-    meta_path = os.path.join(path, "meta.json")
-    audio_path = os.path.join(path, "audio_features.npy")
-    track_path = os.path.join(path, "tracking.npz")
-    for p in (meta_path, audio_path, track_path):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{p} is missing: {path} is not a prepared dataset dir (run "
-                                    "`ggtalker prepare` on the video first)")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-        audio = np.load(audio_path).astype(np.float32)
-        with np.load(track_path) as tr:
-            missing = [k for k in EXPR_KEYS if k not in tr.files]
-            if missing:
-                raise ValueError(f"{track_path} lacks {missing} (has {tr.files})")
-            expression = np.concatenate([tr["expression"], tr["jaw_pose"]], axis=-1).astype(np.float32)
-    except (OSError, json.JSONDecodeError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read prepared dataset files ({e}); re-run `ggtalker prepare`") from e
-    if audio.ndim != 2 or expression.ndim != 2 or expression.shape[1] != 53:
-        raise ValueError(f"{path}: expected audio_features [T,Da] and expression+jaw_pose [T,53], got "
-                         f"{audio.shape} and {expression.shape}")
-    t = min(len(audio), len(expression))
-    if abs(len(audio) - len(expression)) > 1:
-        raise ValueError(f"{path}: audio_features has {len(audio)} frames but tracking has "
-                         f"{len(expression)}; they must be frame-aligned")
-    audio, expression = audio[:t], expression[:t]
-    for name, arr in (("audio_features.npy", audio), ("tracking.npz expression/jaw_pose", expression)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{os.path.join(path, name)} contains NaN/Inf values; re-run `ggtalker prepare`")
-    split = {k: (int(v[0]), min(int(v[1]), t)) for k, v in meta.get("split", {"train": [0, t]}).items()}
-    return PreparedClip(path, audio, expression, float(meta.get("fps", 25.0)), split)
+    """The A2E view of a prepared dataset (read and validated by `data.dataset.PreparedDataset`)."""
+    data = PreparedDataset(path)
+    tracking = data.require_tracking()
+    expression = dataset_lib.expression53(tracking)
+    return PreparedClip(str(data.dir), np.asarray(data.audio_features, np.float32), expression, data.fps,
+                        {"train": tuple(data.train_range), "test": tuple(data.test_range)})
 
 
 def window_index(clips: Sequence[PreparedClip], split: str, window: int, prev: int,
@@ -147,29 +115,10 @@ def make_train_iterator(clips: Sequence[PreparedClip], config: A2ETrainConfig, s
 
 def make_loss_fn(model_config: A2EConfig, config: A2ETrainConfig,
                  lip_vertices_fn: Callable | None = None) -> trainer.LossFn:
-    """loss_fn(params, batch, rng) -> (loss, {"expr", "vel"[, "lip"]}) for ``trainer.run_training``.
-    ``params`` is the A2ETransformer "params" collection. lip_vertices_fn: [B,T,53] -> [B,T,K,3]."""
-    model = A2ETransformer(model_config)
-    schedule = diffusion.cosine_schedule(model_config.num_train_steps)
-
-    def loss_fn(params, batch, rng):
-        k_diff, k_drop, k_prev = jax.random.split(rng, 3)
-        x0 = batch["expr"]
-        tgt = diffusion.training_targets(schedule, x0, k_diff, config.cond_drop_prob)
-
-        def predict(prev_expr):
-            return model.apply({"params": params}, tgt["noisy"], tgt["timestep"], batch["audio"],
-                               prev_expr, batch["style_id"], tgt["cond_mask"], train=True,
-                               rngs={"dropout": k_drop})
-
-        if config.prev > 0:
-            use_prev = jax.random.uniform(k_prev) >= config.no_prev_prob
-            pred = jax.lax.cond(use_prev, lambda: predict(batch["prev_expr"]), lambda: predict(None))
-        else:
-            pred = predict(None)
-        return losses.a2e_loss(pred, x0, lip_vertices_fn, config.w_expr, config.w_vel, config.w_lip)
-
-    return loss_fn
+    """The A2E prior's objective (`objectives.a2e_objective`) with this run's weights."""
+    weights = objectives.A2EWeights(w_expr=config.w_expr, w_vel=config.w_vel, w_lip=config.w_lip,
+                                    cond_drop_prob=config.cond_drop_prob, no_prev_prob=config.no_prev_prob)
+    return objectives.a2e_objective(model_config, weights, context=config.prev, lip_fn=lip_vertices_fn)
 
 
 def init_params(model_config: A2EConfig, seed: int = 0) -> Any:
@@ -182,31 +131,9 @@ def init_params(model_config: A2EConfig, seed: int = 0) -> Any:
 
 # ------------------------------------------------------------------------------------------ sampling
 
-def predict_expressions(config: A2EConfig, params: Any, audio_features, rng, num_steps: int = 25,
-                        style_id: int = 0, window: int = 32, overlap: int = 8,
-                        guidance: float = 1.0) -> jax.Array:
-    """audio_features [T,Da] -> expressions [T,53] (50 expression + 3 jaw pose), sampled window by window
-    with DDIM (``diffusion.sample_long``). ``params``: the A2ETransformer "params" collection (what the
-    priors' "a2e" entry holds). ``num_steps`` is capped at the model's training steps."""
-    audio_features = jnp.asarray(audio_features, jnp.float32)
-    if audio_features.ndim != 2 or audio_features.shape[1] != config.audio_dim:
-        raise ValueError(f"predict_expressions audio_features: expected [T,{config.audio_dim}], got "
-                         f"{audio_features.shape}")
-    if not 0 <= style_id < config.num_styles:
-        raise ValueError(f"predict_expressions style_id: {style_id} not in [0, {config.num_styles})")
-    # jnp leaves: A2ETransformer indexes a param table with traced ints, which numpy leaves cannot do.
-    params = jax.tree.map(jnp.asarray, params)
-    apply_fn = diffusion.make_a2e_apply_fn(A2ETransformer(config))
-    schedule = diffusion.cosine_schedule(config.num_train_steps)
-    return diffusion.sample_long(apply_fn, {"params": params}, audio_features, rng, window,
-                                 min(overlap, window), schedule=schedule,
-                                 num_steps=min(num_steps, config.num_train_steps), guidance=guidance,
-                                 style_id=style_id, expr_dim=config.expr_dim)
-
-
 def make_sample_fn(model_config: A2EConfig, config: A2ETrainConfig, clips: Sequence[PreparedClip],
                    workdir: str, logger=None) -> Callable[[Any, int], np.ndarray]:
-    """sample_fn(params, step): DDIM-samples the first held-out ("test", else "train") window of the first
+    """sample_fn(state, step): DDIM-samples the first held-out ("test", else "train") window of the first
     clip and writes ``workdir/samples/a2e_step{step:07d}.png`` (jaw pose + first 3 expression curves,
     predicted vs target); logs it to TensorBoard when ``logger`` is given. Returns the image."""
     from ggtalker_jax.train.logging import plot_curves
@@ -231,8 +158,8 @@ def make_sample_fn(model_config: A2EConfig, config: A2ETrainConfig, clips: Seque
     cols = [50, 51, 52, 0, 1, 2]
     names = ["jaw_0", "jaw_1", "jaw_2", "expr_0", "expr_1", "expr_2"]
 
-    def sample_fn(params, step):
-        pred = np.asarray(sample(params))
+    def sample_fn(state, step):
+        pred = np.asarray(sample(state.params))
         path = os.path.join(workdir, "samples", f"a2e_step{step:07d}.png")
         image = plot_curves(pred[:, cols], target[:, cols], names, path, fps=clip.fps,
                             title=f"A2E step {step}: {split} window of {os.path.basename(clip.path)}")
@@ -252,15 +179,15 @@ def train_a2e_prior(data_dirs: Sequence[str], workdir: str, model_config: A2ECon
     from ggtalker_jax.train.logging import TrainLogger
 
     if not data_dirs:
-        raise ValueError("train_a2e_prior: no prepared dataset dirs given (--data)")
+        raise UsageError("train_a2e_prior: no prepared dataset dirs given (--data)")
     clips = [load_prepared(d) for d in data_dirs]
     if len(clips) + 1 > model_config.num_styles:
-        raise ValueError(f"{len(clips)} identities need {len(clips) + 1} style rows but the A2E config "
+        raise UsageError(f"{len(clips)} identities need {len(clips) + 1} style rows but the A2E config "
                          f"has num_styles={model_config.num_styles}")
     for c in clips:
         if c.audio.shape[1] != model_config.audio_dim:
-            raise ValueError(f"{c.path}: audio features have Da={c.audio.shape[1]} but the A2E config "
-                             f"expects audio_dim={model_config.audio_dim}")
+            raise DatasetError(f"{c.path}: audio features have Da={c.audio.shape[1]} but the A2E config "
+                               f"expects audio_dim={model_config.audio_dim}")
     data = make_train_iterator(clips, a2e_config, train_config.seed)
     params = init_params(model_config, train_config.seed)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -277,11 +204,12 @@ def train_a2e_prior(data_dirs: Sequence[str], workdir: str, model_config: A2ECon
     return jax.tree.map(np.asarray, state.params)
 
 
-def export_prior(priors_dir: str, avatar_config, params: Any, provenance: dict) -> None:
-    """Writes the trained A2E params into the priors folder adaptation loads (``priors.update_priors``)."""
-    from ggtalker_jax.train import priors
+def export_prior(priors_dir: str, prior, params: Any, provenance: dict) -> None:
+    """Writes the trained A2E params into the priors folder adaptation loads (``priors.update_priors``);
+    `prior` is the `avatar.PriorConfig` (its A2E windowing must be the one trained)."""
+    from ggtalker_jax import priors
 
-    priors.update_priors(priors_dir, avatar_config, {"a2e": params}, {"a2e": provenance})
+    priors.update_priors(priors_dir, prior, {"a2e": params}, {"a2e": provenance})
 
 
 # ------------------------------------------------------------------------------------------ synthetic
@@ -306,12 +234,8 @@ def make_synthetic_prepared_dir(out_dir: str, num_frames: int = 400, audio_dim: 
     jaw[:, 0] = 0.5 * audio[:, :8].mean(axis=1) * np.sqrt(8)
     expression += offset[:50]
     jaw += offset[50:]
-    os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, "audio_features.npy"), audio)
-    np.savez(os.path.join(out_dir, "tracking.npz"), expression=expression, jaw_pose=jaw,
-             global_rot=np.zeros((num_frames, 3), np.float32))
     cut = int(num_frames * 0.8)
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"fps": fps, "num_frames": num_frames, "split": {"train": [0, cut], "test": [cut, num_frames]},
-                   "synthetic": True}, f)
+    dataset_lib.write_synthetic_dataset(
+        out_dir, audio_features=audio, fps=fps, split={"train": [0, cut], "test": [cut, num_frames]},
+        tracking={"expression": expression, "jaw_pose": jaw})
     return out_dir

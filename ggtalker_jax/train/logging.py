@@ -19,8 +19,8 @@ class TrainLogger:
     """``scalars(step, {name: float})``, ``image(step, name, [H,W,3] uint8)``, ``advance(step, loss)``
     (tqdm), ``info(text)`` (printed + python logging). Use as a context manager or call ``close()``."""
 
-    def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool | None = None,
-                 progress: bool = True):
+    def __init__(self, workdir: str, total_steps: int | None, start_step: int = 0, enabled: bool | None = None,
+                 progress: bool = True, desc: str = "train"):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = workdir
         self._writer = None
@@ -34,7 +34,7 @@ class TrainLogger:
         self._writer = SummaryWriter(os.path.join(workdir, "tb"))
         if progress:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             file=sys.stderr, desc="train")
+                             file=sys.stderr, desc=desc)
 
     def info(self, text: str) -> None:
         if not self.enabled:

@@ -1,13 +1,14 @@
-"""Every loss of ggtalker-jax, in one place.
+"""The loss terms of ggtalker-jax: pure functions, batched over leading dimensions, returning scalar means
+unless noted. How they are combined and weighted for each training run lives next door in
+`ggtalker_jax.train.objectives`.
 
-Image losses (Expression-Visual prior, adaptation):
+Image terms (Expression-Visual prior, adaptation):
   `photometric_loss` = L1 + 0.2 D-SSIM (TalkingGaussian's recipe; GGTalker: L1 + SSIM + perceptual),
-  optionally weighted towards the mouth, plus `offset_regularizer` / `scale_regularizer` on the Gaussians.
-Expression losses (Audio-Expression prior, adaptation stage 3-5):
+  optionally weighted towards the mouth and per sample, plus `offset_regularizer` / `scale_regularizer`
+  on the Gaussians and `landmark_loss` (projected head-model landmarks vs MediaPipe's).
+Expression terms (Audio-Expression prior, adaptation stages 3-5):
   `a2e_loss` = diffusion x0 L2 + velocity L2 (adjacent-frame differences) + lip-vertex L2, all on the
   predicted clean sequence.
-
-All functions are pure, batched over leading dimensions, and return scalars (means) unless noted.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from ggtalker_jax.eval.metrics import ssim
+from ggtalker_jax.image_metrics import dssim_loss, ssim
 
 
 def l1_loss(pred, target, weight=None):
@@ -27,17 +28,14 @@ def l1_loss(pred, target, weight=None):
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1e-8)
 
 
-def dssim_loss(pred, target):
-    """Structural dissimilarity (1 - SSIM) / 2 of images [..., H, W, C] in [0, 1]."""
-    return jnp.mean((1.0 - ssim(pred, target, max_val=1.0)) / 2.0)
-
-
 def photometric_loss(pred, target, mouth_mask=None, mouth_weight: float = 2.0, lambda_dssim: float = 0.2,
-                     valid_mask=None):
+                     valid_mask=None, sample_weight=None):
     """L1 + lambda * D-SSIM of images [B, H, W, 3] in [0, 1].
 
     mouth_mask: [B, H, W, 1] in {0, 1}; pixels inside count `mouth_weight` times in the L1 term.
     valid_mask: [B, H, W, 1]; pixels outside it are ignored by the L1 term (e.g. outside the head).
+    sample_weight: [B] (e.g. 0 for frames whose face MediaPipe lost): scales each image's share of both
+      terms; a weight-0 image contributes nothing.
     Returns (loss, {"l1": ..., "dssim": ...}).
     """
     weight = jnp.ones(pred.shape[:-1] + (1,), pred.dtype)
@@ -45,9 +43,25 @@ def photometric_loss(pred, target, mouth_mask=None, mouth_weight: float = 2.0, l
         weight = weight + (mouth_weight - 1.0) * mouth_mask
     if valid_mask is not None:
         weight = weight * valid_mask
-    l1 = l1_loss(pred, target, weight)
-    ds = dssim_loss(pred, target)
+    if sample_weight is None:
+        l1 = l1_loss(pred, target, weight)
+        ds = dssim_loss(pred, target)
+    else:
+        sw = jnp.asarray(sample_weight, pred.dtype)
+        l1 = l1_loss(pred, target, weight * sw.reshape(sw.shape + (1, 1, 1)))
+        per_image = (1.0 - ssim(pred, target, max_val=1.0)) / 2.0             # [B]
+        ds = jnp.sum(per_image * sw) / jnp.maximum(jnp.sum(sw), 1e-8)
     return l1 + lambda_dssim * ds, {"l1": l1, "dssim": ds}
+
+
+def landmark_loss(pred_xy, target_xy, weight=None, scale: float = 1.0):
+    """Mean squared distance of projected landmarks [B, L, 2] to the detected ones [B, L, 2], in units
+    of `scale` pixels (e.g. 1% of the image size); `weight` [B] or [B, L] (0 = ignore)."""
+    d2 = jnp.sum(jnp.square((pred_xy - target_xy) / scale), axis=-1)      # [B, L]
+    if weight is None:
+        return jnp.mean(d2)
+    w = jnp.broadcast_to(weight if weight.ndim == 2 else weight[:, None], d2.shape)
+    return jnp.sum(d2 * w) / jnp.maximum(jnp.sum(w), 1e-8)
 
 
 def offset_regularizer(offsets, max_norm: float = 0.0):

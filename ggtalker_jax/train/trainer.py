@@ -1,21 +1,29 @@
-"""Generic data-parallel training loop pieces (used by the A2E and Expression-Visual prior trainers).
+"""The one training core of ggtalker-jax: the A2E prior, the Expression-Visual prior and each of the five
+adaptation stages are configurations of it (big_vision style: one trainer, configs as code).
 
-A trainer is described by
-- a loss function ``loss_fn(params, batch, rng) -> (loss scalar, aux dict of scalars)`` that averages
-  over the *global* batch (so data parallelism does not change its value),
-- an initial parameter pytree,
+A run is described by
+- a loss function ``loss_fn(params, batch, rng, batch_stats=None) -> (loss scalar, aux dict)`` that
+  averages over the *global* batch (so data parallelism does not change its value). ``aux`` holds scalar
+  metrics; an objective that updates BatchNorm statistics returns them under ``aux["batch_stats"]``;
+- an initial parameter pytree (a dict of named groups, e.g. an avatar's ``{"generator", "head", ...}``)
+  and optional BatchNorm statistics (``batch_stats``: not trained by the optimizer);
+- a `TrainConfig`: optimisation, which top-level parameter groups train (``trainable``; the others are
+  frozen through ``optax.multi_transform`` with ``optax.set_to_zero``, so XLA does not even compute their
+  gradients), and how long (steps and/or a wall-clock budget);
 - a data iterator yielding per-process batches (dicts of numpy arrays ``[B_local, ...]``) with
   ``get_state() -> JSON-able`` and ``set_state(state)`` (a ``grain`` ``DatasetIterator`` has both).
 
 Data parallelism: one 1-D ``Mesh`` named "data" over all devices (all processes' devices when
-``jax.distributed`` is initialised). Parameters, optimizer state and the RNG key are replicated, the
-batch is sharded along its leading axis; ``jax.jit`` with these in/out shardings computes the gradient of
-the global-batch loss, i.e. gradients are averaged across devices by construction (XLA inserts the
-all-reduce). Each process feeds only its own shard (``jax.make_array_from_process_local_data``).
+``jax.distributed`` is initialised). Parameters, statistics, optimizer state and the RNG key are
+replicated, the batch is sharded along its leading axis; ``jax.jit`` with these shardings computes the
+gradient of the global-batch loss, i.e. gradients are averaged across devices by construction (XLA inserts
+the all-reduce). Each process feeds only its own shard (``jax.make_array_from_process_local_data``).
 
-Resuming: ``run_training`` saves ``TrainState`` (step, params, optimizer state, RNG key) and the data
-iterator state every ``checkpoint_every`` steps through ``Checkpointer`` and restores the newest one on
-start, so a killed run continues exactly (per-step randomness is ``fold_in(rng, step)``).
+Resuming: ``run_training`` saves the `TrainState` and the data iterator's state every
+``checkpoint_every`` steps and at the end (with ``"finished": true``) through `Checkpointer`, and restores
+the newest one on start, so a killed run continues exactly (per-step randomness is
+``fold_in(rng, step)``); a finished run returns its final state at once. A non-finite loss stops the run
+(`TrainingError`) without saving the bad state.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Protocol
 
 import flax.struct
@@ -32,20 +41,24 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ggtalker_jax.train.checkpoint import Checkpointer
+from ggtalker_jax.checkpoint import Checkpointer
+from ggtalker_jax.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and bookkeeping of one training run.
 
+    num_steps: steps to run (the run also ends once ``max_seconds`` of training have passed, when set).
     learning_rate: peak rate; linear warmup over ``warmup_steps`` then cosine decay to
-      ``learning_rate * final_lr_fraction`` at ``num_steps``.
-    grad_clip_norm: global-norm clipping (<= 0 disables).
+      ``learning_rate * final_lr_fraction`` at ``num_steps`` (1.0: constant after the warmup).
+    trainable: the top-level parameter groups the optimizer updates (None: all); the rest stay exactly
+      as they are.
+    grad_clip_norm: global-norm clipping of the trained groups' gradients (<= 0 disables).
     checkpoint_every: save every this many steps (and at the end); keep_checkpoints: how many to keep.
     log_every / sample_every: scalar logging and sample-hook periods in steps (0 disables sampling).
     """
@@ -61,24 +74,30 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0
     seed: int = 0
+    trainable: tuple[str, ...] | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if self.num_steps < 1:
             raise ValueError(f"TrainConfig: num_steps must be >= 1, got {self.num_steps}")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig: checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"TrainConfig: learning_rate must be > 0, got {self.learning_rate}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"TrainConfig: learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"TrainConfig: max_seconds must be > 0, got {self.max_seconds}")
 
 
 @flax.struct.dataclass
 class TrainState:
-    """step [] int32, params (pytree), opt_state (optax pytree), rng [2] uint32 (base key)."""
+    """step [] int32, params (pytree), batch_stats (pytree of statistics the objective updates; {} when
+    none), opt_state (optax pytree), rng [2] uint32 (base key)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
 class DataIterator(Protocol):
@@ -96,18 +115,37 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
         end_value=config.learning_rate * config.final_lr_fraction)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW on the warmup + cosine schedule."""
+def param_labels(params: Any, trainable: tuple[str, ...] | None) -> Any:
+    """"train" / "frozen" per leaf, by top-level group name (all "train" when `trainable` is None)."""
+    if trainable is None:
+        return jax.tree.map(lambda _: "train", params)
+    if not isinstance(params, dict):
+        raise ValueError("TrainConfig.trainable names parameter groups, but the parameters are not a dict")
+    unknown = set(trainable) - set(params)
+    if unknown:
+        raise ValueError(f"TrainConfig.trainable: unknown parameter groups {sorted(unknown)}; the parameters "
+                         f"have {sorted(params)}")
+    return {k: jax.tree.map(lambda _, k=k: "train" if k in trainable else "frozen", v) for k, v in params.items()}
+
+
+def make_optimizer(config: TrainConfig, params: Any = None) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW on the warmup + cosine schedule, applied to the trainable groups;
+    the frozen groups get exactly zero updates (``optax.set_to_zero``)."""
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay))
-    return optax.chain(*parts)
+    inner = optax.chain(*parts)
+    if config.trainable is None:
+        return inner
+    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()},
+                                 lambda p: param_labels(p, config.trainable))
 
 
-def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int,
+                     batch_stats: Any = None) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      rng=jax.random.PRNGKey(seed))
+                      rng=jax.random.PRNGKey(seed), batch_stats={} if batch_stats is None else batch_stats)
 
 
 # ----------------------------------------------------------------------------------------- sharding
@@ -151,19 +189,28 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
 # ----------------------------------------------------------------------------------------- step
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    donate: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    donate: bool = True,
+                    trainable: tuple[str, ...] | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, global_batch) -> (new_state, metrics)``, jitted with replicated state and a batch
-    sharded along "data". metrics: "loss", "grad_norm", "learning_rate" and the loss's aux entries
-    (all replicated scalars). The per-step key is ``fold_in(state.rng, state.step)``."""
+    sharded along "data". metrics: "loss", "grad_norm" (of the trained groups) and the loss's aux scalars.
+    The per-step key is ``fold_in(state.rng, state.step)``."""
     rep, data = replicated(mesh), batch_sharding(mesh)
 
     def step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+
+        def loss(params):
+            return loss_fn(params, batch, rng, state.batch_stats)
+
+        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        aux = dict(aux)
+        batch_stats = aux.pop("batch_stats", state.batch_stats)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        trained = grads if trainable is None else {k: v for k, v in grads.items() if k in trainable}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(trained), **aux}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  batch_stats=batch_stats)
         return new_state, metrics
 
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep),
@@ -172,36 +219,45 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, me
 
 # ----------------------------------------------------------------------------------------- loop
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/Inf; the run stopped without saving the bad state."""
+NonFiniteLossError = TrainingError     # the name earlier releases raised
 
 
 def run_training(loss_fn: LossFn, init_params: Any, data_iter: DataIterator, config: TrainConfig,
-                 workdir: str | os.PathLike, *, mesh: Mesh | None = None,
-                 sample_fn: Callable[[Any, int], None] | None = None, logger=None,
-                 extra_meta: dict | None = None) -> TrainState:
-    """Trains ``init_params`` for ``config.num_steps`` steps, resuming from ``workdir/checkpoints``.
+                 workdir: str | os.PathLike, *, mesh: Mesh | None = None, batch_stats: Any = None,
+                 sample_fn: Callable[[TrainState, int], None] | None = None, logger=None,
+                 extra_meta: dict | None = None, checkpoint_dir: str | None = None) -> TrainState:
+    """Trains ``init_params`` for ``config.num_steps`` steps (or ``config.max_seconds``), resuming from
+    ``checkpoint_dir`` (default ``workdir/checkpoints``).
 
-    sample_fn(params, step) is called every ``config.sample_every`` steps (process 0 only), e.g. to
+    sample_fn(state, step) is called every ``config.sample_every`` steps (process 0 only), e.g. to
     write a plot. ``logger`` is a ``ggtalker_jax.train.logging.TrainLogger`` (made in ``workdir`` when
-    None). Raises ``NonFiniteLossError`` naming the step when the loss is not finite; the newest
-    checkpoint on disk is then the last good one. Returns the final state (replicated arrays).
+    None). Raises `TrainingError` naming the step when the loss is not finite; the newest checkpoint on
+    disk is then the last good one. Returns the final state (replicated arrays); the final checkpoint's
+    meta (`read_run_record`) holds the steps done and the last metrics (and, for a time-limited run, the
+    seconds spent).
     """
     from ggtalker_jax.train import logging as train_logging
 
     workdir = os.fspath(workdir)
     mesh = make_mesh() if mesh is None else mesh
     optimizer = make_optimizer(config)
-    state = replicate(init_train_state(init_params, optimizer, config.seed), mesh)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    # Copies: the step donates its state's buffers, and the caller's arrays must stay valid.
+    init_params, batch_stats = jax.tree.map(lambda x: jnp.array(x, copy=True), (init_params, batch_stats or {}))
+    state = replicate(init_train_state(init_params, optimizer, config.seed, batch_stats), mesh)
+    ckpt = Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     restored = ckpt.restore_latest(state)
-    start = 0
+    start, elapsed, last_metrics = 0, 0.0, {}
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
+        elapsed = float(meta.get("seconds", 0.0))
+        last_metrics = dict(meta.get("metrics", {}))
         if int(state.step) != start:
             raise RuntimeError(f"checkpoint in {ckpt.directory} is inconsistent: meta step {start} != "
                                f"state step {int(state.step)}; delete the newest step folder")
+        if meta.get("finished"):
+            ckpt.close()
+            return state
         if meta.get("data") is not None:
             data_iter.set_state(meta["data"])
     own_logger = logger is None
@@ -209,39 +265,57 @@ def run_training(loss_fn: LossFn, init_params: Any, data_iter: DataIterator, con
         logger = train_logging.TrainLogger(workdir, total_steps=config.num_steps, start_step=start)
     if restored is not None:
         logger.info(f"resumed at step {start}")
-    train_step = make_train_step(loss_fn, optimizer, mesh)
+    train_step = make_train_step(loss_fn, optimizer, mesh, trainable=config.trainable)
     last_saved = start if restored is not None else None
+    t_start = time.monotonic() - elapsed
 
-    def save(step: int) -> None:
-        meta = {**(extra_meta or {}), "step": step, "data": data_iter.get_state()}
+    def save(step: int, finished: bool) -> None:
+        meta = {**(extra_meta or {}), "step": step, "data": data_iter.get_state(), "metrics": last_metrics,
+                "finished": finished}
+        if config.max_seconds is not None:   # a time budget resumes with what is left of it
+            meta["seconds"] = round(time.monotonic() - t_start, 3)
         ckpt.save(step, state, meta)
 
     try:
-        for step in range(start, config.num_steps):
+        step = start
+        while step < config.num_steps:
+            if config.max_seconds is not None and time.monotonic() - t_start >= config.max_seconds and step > start:
+                break
             batch = shard_batch(next(data_iter), mesh)
             new_state, metrics = train_step(state, batch)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
                          if last_saved is not None else "no checkpoint was saved yet")
-                raise NonFiniteLossError(
+                raise TrainingError(
                     f"loss is {loss} at step {step + 1} (training stopped; {where}). Check the data "
                     "for NaN/Inf and lower --learning_rate.")
             state = new_state
-            done = step + 1
-            if done % config.log_every == 0 or done == config.num_steps:
-                scalars = {k: float(v) for k, v in metrics.items()}
-                scalars["learning_rate"] = float(learning_rate_schedule(config)(step))
-                logger.scalars(done, scalars)
-            logger.advance(done, loss)
-            if sample_fn is not None and config.sample_every and done % config.sample_every == 0 \
+            step += 1
+            if step % config.log_every == 0 or step == config.num_steps or step == start + 1:
+                last_metrics = {k: float(v) for k, v in metrics.items()}
+                last_metrics["learning_rate"] = float(learning_rate_schedule(config)(step - 1))
+                logger.scalars(step, last_metrics)
+            logger.advance(step, loss)
+            if sample_fn is not None and config.sample_every and step % config.sample_every == 0 \
                     and jax.process_index() == 0:
-                sample_fn(state.params, done)
-            if done % config.checkpoint_every == 0 or done == config.num_steps:
-                save(done)
-                last_saved = done
+                sample_fn(state, step)
+            if step % config.checkpoint_every == 0 and step < config.num_steps:
+                save(step, finished=False)
+                last_saved = step
+        last_metrics = {k: float(v) for k, v in metrics.items()} if step > start else last_metrics
+        save(step, finished=True)
     finally:
         ckpt.close()
         if own_logger:
             logger.close()
     return state
+
+
+def read_run_record(checkpoint_dir: str) -> dict:
+    """The meta of the newest checkpoint in `checkpoint_dir` (step, seconds, metrics, finished, ...), or {}."""
+    if not os.path.isdir(checkpoint_dir):
+        return {}
+    with Checkpointer(checkpoint_dir) as ckpt:
+        step = ckpt.latest()
+        return {} if step is None else ckpt.read_meta(step)

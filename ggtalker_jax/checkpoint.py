@@ -58,6 +58,11 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"] or {})
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON record saved with the checkpoint at `step` (no arrays are read)."""
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"] or {})
+
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
         """Restores the newest checkpoint, or returns None when the directory holds none."""
         step = self.latest()

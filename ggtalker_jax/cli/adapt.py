@@ -1,0 +1,63 @@
+"""`ggtalker adapt --data PREPARED_DIR --workdir DIR [--priors DIR] [--schedule small|paper]`: the paper's
+five adaptation stages (`ggtalker_jax.train.adapt`). A rerun with the same flags continues an interrupted
+run; a finished workdir is left as it is; other data or another schedule are refused unless --overwrite."""
+from __future__ import annotations
+
+import os
+
+from ggtalker_jax.cli import flags as cli_flags
+
+
+def define_flags():
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("data", None, "prepared subject directory (from `ggtalker prepare`)", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "output directory of the adapted subject", flag_values=fv)
+    flags.DEFINE_string("priors", None, "directory with trained priors (default: the bundled small priors "
+                        "or fresh networks)", flag_values=fv)
+    flags.DEFINE_enum("schedule", "small", ["small", "paper"], "small: steps per stage; paper: Table 1 minutes",
+                      flag_values=fv)
+    flags.DEFINE_integer("steps_per_stage", 40, "steps per stage for --schedule=small", flag_values=fv)
+    flags.DEFINE_float("minutes_scale", 1.0, "multiplies the paper schedule's minutes", flag_values=fv)
+    flags.DEFINE_float("learning_rate", None, "learning rate (default: the schedule's)", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 2, "frames rendered per step", flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "avatar frame size in pixels, a multiple of 16 (default 64)",
+                         flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "discard an avatar already in --workdir and adapt from the priors",
+                         flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    return fv
+
+
+def main(argv: list[str]) -> int:
+    fv = define_flags()
+    cli_flags.no_positional(cli_flags.parse_flags(fv, argv))
+    cli_flags.require(fv, "data", "workdir")
+    if not os.path.isdir(fv.data):
+        from ggtalker_jax.errors import UsageError
+        raise UsageError(f"--data {fv.data}: no such directory; run `ggtalker prepare --video VIDEO --out DIR` "
+                         "first")
+    cli_flags.positive("steps_per_stage", fv.steps_per_stage, 1, inclusive=True, integer=True)
+    cli_flags.positive("minutes_scale", fv.minutes_scale)
+    cli_flags.positive("learning_rate", fv.learning_rate)
+    cli_flags.positive("batch_size", fv.batch_size, 1, inclusive=True, integer=True)
+    cli_flags.writable_output_dir("workdir", fv.workdir)
+
+    from ggtalker_jax import avatar as avatar_lib
+    from ggtalker_jax.data.dataset import PreparedDataset
+    from ggtalker_jax.train import adapt
+
+    PreparedDataset(fv.data).require_tracking()          # bad data fails now, not after start-up
+    kw = {} if fv.learning_rate is None else {"learning_rate": fv.learning_rate}
+    stages = (adapt.small_schedule(fv.steps_per_stage, **kw) if fv.schedule == "small"
+              else adapt.paper_schedule(fv.minutes_scale, **kw))
+    # The prior's own definition replaces the default one here (train.adapt); only the run-time choices count.
+    config = None if fv.image_size is None else avatar_lib.AvatarConfig(image_size=fv.image_size)
+    summary = adapt.adapt(fv.data, fv.workdir, fv.priors, stages, adapt.AdaptConfig(batch_size=fv.batch_size),
+                          avatar_config=config, progress=fv.progress, overwrite=fv.overwrite)
+    for s in summary["stages"]:
+        print(f"  {s['name']:<24} {s['steps']:>5} steps {s['seconds']:>8.1f} s  loss "
+              f"{s['final'].get('loss', float('nan')):.4f}")
+    print(f"adapted subject: {summary['workdir']}")
+    return 0

@@ -1,0 +1,57 @@
+"""`ggtalker render --workdir DIR --audio speech.wav --out out.mp4 [--pose video|static|FILE.npz]
+[--blink_rate PER_MIN] [--frames_dir DIR] [--novisible_watermark]`: an adapted subject says new audio
+(`ggtalker_jax.infer.render_video`)."""
+from __future__ import annotations
+
+from ggtalker_jax.cli import flags as cli_flags
+
+
+def define_flags():
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "adapted subject (from `ggtalker adapt` or `ggtalker demo`)", flag_values=fv)
+    flags.DEFINE_string("audio", None, "driving speech: wav/mp3/m4a/..., any sample rate, mono or stereo",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "output mp4", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "replace --out when it exists", flag_values=fv)
+    flags.DEFINE_string("data", None, "the prepared dataset the subject was adapted on, when it moved",
+                        flag_values=fv)
+    flags.DEFINE_string("pose", "video", "head pose: video | static | FILE.npz (global_rot, translation [T,3])",
+                        flag_values=fv)
+    flags.DEFINE_float("blink_rate", None, "blinks per minute, 0-120 (default: eye motion from the video)",
+                       flag_values=fv)
+    flags.DEFINE_integer("steps", 10, "DDIM steps of the A2E sampler", flag_values=fv)
+    flags.DEFINE_float("guidance", 1.0, "classifier-free guidance of the A2E (1 = none)", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 8, "frames rendered per batch", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "sampler seed", flag_values=fv)
+    flags.DEFINE_integer("output_size", None, "resize the output frames to this size", flag_values=fv)
+    flags.DEFINE_string("frames_dir", None, "also write the frames as PNG here", flag_values=fv)
+    flags.DEFINE_bool("visible_watermark", True, "draw the visible 'AI-generated' mark (turning it off with "
+                      "--novisible_watermark is recorded in the invisible watermark)", flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    return fv
+
+
+def main(argv: list[str]) -> int:
+    fv = define_flags()
+    cli_flags.no_positional(cli_flags.parse_flags(fv, argv))
+    cli_flags.require(fv, "workdir", "audio", "out")
+    cli_flags.existing_file("audio", fv.audio, "audio file")
+    cli_flags.writable_output_file("out", fv.out, fv.overwrite, inputs=(fv.audio, fv.pose))
+    if fv.frames_dir:
+        cli_flags.writable_output_dir("frames_dir", fv.frames_dir)
+
+    from ggtalker_jax.infer import RenderOptions, load_pose_file, render_video
+
+    opts = RenderOptions(pose=fv.pose, blink_rate=fv.blink_rate, num_diffusion_steps=fv.steps, guidance=fv.guidance,
+                         batch_size=fv.batch_size, seed=fv.seed, output_size=fv.output_size,
+                         visible_watermark=fv.visible_watermark)
+    if fv.pose not in ("video", "static"):
+        load_pose_file(fv.pose)                            # a bad pose file fails now, before any work
+    summary = render_video(fv.workdir, fv.audio, fv.out, opts, fv.frames_dir, progress=fv.progress,
+                           data_dir=fv.data)
+    print(f"rendered {summary['frames']} frames ({summary['seconds']:.2f} s) at {summary['render_fps']:.1f} fps "
+          f"(A2E {summary['a2e_s']:.1f} s)")
+    print(f"video: {summary['out']}")
+    return 0
