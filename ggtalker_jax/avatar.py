@@ -2,10 +2,12 @@
 
 Data flow for one frame (README, "Architecture"):
 
-    reference image --unwrap to UV--> generator --> UV Gaussian maps (+ per-identity UV refinement)
-    53-dim expression + pose --head model--> posed mesh --UV binding--> Gaussian means/quats/scales
+    reference image --unwrap to UV (Rp)--> generator --> UV Gaussian maps at Rp --resample--> R x R maps
+                                                        (+ per-identity UV refinement at R)
+    53-dim expression + pose --head model--> posed mesh --UV binding (R)--> Gaussian means/quats/scales
     colour = SH0 colour + ColorMLP(feature, expression)            (motion-aligned fine texture)
-    rasterize (RGB + feature channels, alpha) --> BodyInpainter(render, frame with head masked) --> frame
+    rasterize (RGB + feature channels, alpha) --> BodyInpainter(render, frame with head masked)
+    --> frame: the inpainter's output inside the dilated head region, the original frame outside it
 
 Parameters (a dict pytree of named groups; the trainer freezes whole groups by these names):
     generator, generator_stats   Identity-Gaussian Generator weights and BatchNorm statistics
@@ -20,7 +22,8 @@ Expression-Visual prior updates them.
 
 Configs: `PriorConfig` is what defines a prior (network sizes, head model and so the UV layout, the A2E's
 window and context); it is stored with the prior's weights. `AvatarConfig` adds the run-time choices of
-one avatar (image size, rasterizer backend, mask dilation).
+one avatar (image size, UV resolution R and so the number of Gaussians, rasterizer backend, mask
+dilation); Rp, the generator's resolution, is the prior's.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from ggtalker_jax.render import rasterization
 from ggtalker_jax.render.camera import head_space_to_pixels, head_space_viewmat
 
 UV_MAP_KEYS = ("offset", "scale", "rotation", "opacity", "sh0", "feature")
+MIN_UV_RESOLUTION, MAX_UV_RESOLUTION = 8, 1024
 NETWORK_GROUPS = ("a2e", "generator", "generator_stats", "color_mlp", "inpainter", "inpainter_stats")
 STATS_GROUPS = ("generator_stats", "inpainter_stats")
 
@@ -79,24 +83,56 @@ class PriorConfig:
 @dataclasses.dataclass(frozen=True)
 class AvatarConfig:
     """One avatar: its prior's definition plus run-time choices. `small()` runs on a CPU in seconds;
-    `paper()` is GGTalker's size."""
+    `paper()` is GGTalker's size.
+
+    image_size: frame size S in pixels (a multiple of 16); the avatar renders and inpaints at S x S.
+    uv_resolution: R, the per-identity UV map is R x R texels (one Gaussian per bound texel); None: the
+      prior generator's own resolution. The generator runs at its resolution and its maps are resampled
+      to R (`resample_uv_maps`), so a small prior can start a dense, sharp head.
+    head_mask_dilation: pixels the inpainter's region extends beyond the head (None: S / 32, at least 2).
+    backend: rasterizer backend (`ggtalker_jax.render.rasterization`'s; "xla" is the dense reference).
+    """
     prior: PriorConfig = PriorConfig()
     image_size: int = 64
-    head_mask_dilation: int = 3          # pixels; the inpainter blends inside a dilated head mask
-    backend: str = "pallas"              # rasterizer backend ("xla": the dense reference)
+    uv_resolution: int | None = None
+    head_mask_dilation: int | None = None
+    backend: str = "pallas"
 
     def __post_init__(self):
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(f"AvatarConfig: image_size must be a multiple of 16 (>= 16: the inpainter halves "
                              f"it 4 times), got {self.image_size}")
+        if self.uv_resolution is not None and not MIN_UV_RESOLUTION <= self.uv_resolution <= MAX_UV_RESOLUTION:
+            raise ValueError(f"AvatarConfig: uv_resolution must be in [{MIN_UV_RESOLUTION}, {MAX_UV_RESOLUTION}] "
+                             f"(R x R texels, one Gaussian each), got {self.uv_resolution}")
+        if self.head_mask_dilation is not None and self.head_mask_dilation < 0:
+            raise ValueError(f"AvatarConfig: head_mask_dilation must be >= 0 pixels, got {self.head_mask_dilation}")
 
     @property
     def models(self) -> models.ModelsConfig:
         return self.prior.models
 
     @property
-    def uv_resolution(self) -> int:
+    def prior_uv_resolution(self) -> int:
+        """The generator's output resolution (the prior's UV layout)."""
         return self.models.generator.resolution
+
+    @property
+    def resolved_uv_resolution(self) -> int:
+        """R: `uv_resolution`, or the prior's when None."""
+        return self.uv_resolution or self.prior_uv_resolution
+
+    @property
+    def mask_dilation(self) -> int:
+        """Pixels the inpainter's region extends beyond the head mask."""
+        if self.head_mask_dilation is not None:
+            return self.head_mask_dilation
+        return max(2, round(self.image_size / 32))
+
+    @property
+    def mask_reach(self) -> int:
+        """Pixels beyond the head mask the rendered head may still claim (`inpaint_region`)."""
+        return max(2, round(self.image_size / 10))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,37 +148,82 @@ class AvatarConfig:
         return AvatarConfig(prior=prior, **{k: v for k, v in d.items() if k in fields})
 
     @staticmethod
-    def small(image_size: int = 64, prior: PriorConfig | None = None) -> "AvatarConfig":
-        return AvatarConfig(prior=prior or PriorConfig(models_preset="small"), image_size=image_size)
+    def small(image_size: int = 64, prior: PriorConfig | None = None, uv_resolution: int | None = None) -> "AvatarConfig":
+        return AvatarConfig(prior=prior or PriorConfig(models_preset="small"), image_size=image_size,
+                            uv_resolution=uv_resolution)
 
     @staticmethod
     def paper() -> "AvatarConfig":
-        return AvatarConfig(prior=PriorConfig(models_preset="paper"), image_size=512, backend="pallas")
+        return AvatarConfig(prior=PriorConfig(models_preset="paper"), image_size=512, uv_resolution=512,
+                            backend="pallas")
 
 
 @dataclasses.dataclass(frozen=True)
 class AvatarStatic:
     """What rendering needs besides the learnable parameters (no gradients flow into it).
 
-    head_model: `ggtalker_jax.head.HeadModel`; binding: `ggtalker_jax.head.uv.UVBinding` at the generator's
-    UV resolution; texel_uv [M, 2]: UV coordinates of the bound texels (colour MLP input).
+    head_model: `ggtalker_jax.head.HeadModel`; binding: `ggtalker_jax.head.uv.UVBinding` at R (the
+    avatar's UV resolution); prior_binding: the same at the generator's resolution (its input is unwrapped
+    there; the same object when R is the prior's); texel_uv [M, 2]: UV coordinates of the bound texels
+    (colour MLP input); spacing [R, R, 1] / prior_spacing: per texel, the texel spacing on the mesh in
+    `head.uv.bind_gaussians`' units (see `texel_spacing`; 1 where no texel is bound).
     """
     config: AvatarConfig
     head_model: Any
     binding: Any
+    prior_binding: Any
     texel_uv: np.ndarray
+    spacing: np.ndarray
+    prior_spacing: np.ndarray
 
     @staticmethod
     def build(config: AvatarConfig, head_model=None) -> "AvatarStatic":
         model = head_lib.load(config.prior.head_model) if head_model is None else head_model
-        binding = uv_lib.build_uv_binding(model, config.uv_resolution)
-        r = config.uv_resolution
+        r, rp = config.resolved_uv_resolution, config.prior_uv_resolution
+        binding = uv_lib.build_uv_binding(model, r)
+        prior_binding = binding if r == rp else uv_lib.build_uv_binding(model, rp)
         texel_uv = (np.asarray(binding.texel_index, np.float32)[:, ::-1] + 0.5) / r  # (u, v) from (row, col)
-        return AvatarStatic(config, model, binding, texel_uv)
+        spacing = dense_uv(binding, texel_spacing(model, binding)[:, None], fill=1.0)
+        prior_spacing = spacing if r == rp else dense_uv(prior_binding, texel_spacing(model, prior_binding)[:, None],
+                                                         fill=1.0)
+        return AvatarStatic(config, model, binding, prior_binding, texel_uv, spacing, prior_spacing)
 
     @property
     def num_gaussians(self) -> int:
         return int(self.binding.face.shape[0])
+
+    @property
+    def uv_resolution(self) -> int:
+        return int(self.binding.resolution)
+
+    @property
+    def prior_uv_resolution(self) -> int:
+        return int(self.prior_binding.resolution)
+
+
+def texel_spacing(model, binding) -> np.ndarray:
+    """[M] float32: the spacing of texels on the mesh surface at each bound texel, in the length unit
+    `head.uv.bind_gaussians` gives that texel (sqrt(triangle area / texels of the triangle)). The spacing
+    is sqrt(3D area / UV area) / R of the texel's triangle; the 3D area cancels, so this is static:
+    sqrt(texels_per_face / (UV area * R^2)). About 1 once R is dense enough for every triangle to own
+    several texels; far from 1 at coarse R, where a texel stands for many small triangles."""
+    uv = np.asarray(model.uvs, np.float64)[np.asarray(model.uv_faces)]            # [F, 3, 2]
+    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    area_uv = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    r = float(binding.resolution)
+    f = np.asarray(binding.face)
+    texels = np.asarray(binding.texels_per_face, np.float64)[f]
+    return np.sqrt(texels / np.maximum(area_uv[f] * r * r, 1e-3)).clip(1e-2, 1e2).astype(np.float32)
+
+
+def dense_uv(binding, values, fill: float = 0.0) -> np.ndarray:
+    """Scatters per-texel values [M, k] into a dense UV map [R, R, k] (`fill` where no texel is bound)."""
+    values = np.asarray(values, np.float32)
+    r = binding.resolution
+    out = np.full((r, r, values.shape[-1]), fill, np.float32)
+    rows, cols = np.asarray(binding.texel_index).T
+    out[rows, cols] = values
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,15 +260,19 @@ def init_network_params(rng, config: AvatarConfig | PriorConfig) -> dict:
             "inpainter": inp_vars["params"], "inpainter_stats": inp_vars["batch_stats"]}
 
 
-def init_identity_params(network_params: dict, static: "AvatarStatic", num_frames: int, shape) -> dict:
-    """Avatar parameters for one identity: the prior networks plus zero UV refinement and head
-    parameters: `shape` [S] (from tracking) and zero per-frame corrections for `num_frames` frames."""
-    r = static.config.uv_resolution
-    gcfg = static.config.models.generator
-    channels = {"offset": 3, "scale": 3, "rotation": 4, "opacity": 1, "sh0": 3,
-                "feature": gcfg.feature_dim}
+UV_CHANNELS = {"offset": 3, "scale": 3, "rotation": 4, "opacity": 1, "sh0": 3}   # + "feature": F
+
+
+def init_identity_params(network_params: dict, static: "AvatarStatic", num_frames: int, shape,
+                         uv_delta: dict | None = None) -> dict:
+    """Avatar parameters for one identity: the prior networks plus the UV refinement at R (`uv_delta`:
+    zeros unless given, see `initial_uv_delta`) and head parameters: `shape` [S] (from tracking) and zero
+    per-frame corrections for `num_frames` frames."""
+    r = static.uv_resolution
+    channels = {**UV_CHANNELS, "feature": static.config.models.generator.feature_dim}
     params = dict(network_params)
-    params["uv_delta"] = {k: jnp.zeros((r, r, c)) for k, c in channels.items()}
+    params["uv_delta"] = {k: jnp.zeros((r, r, c)) for k, c in channels.items()} if uv_delta is None else \
+        {k: jnp.asarray(uv_delta[k], jnp.float32).reshape(r, r, c) for k, c in channels.items()}
     params["head"] = {"shape": jnp.asarray(shape, jnp.float32),
                       "expr_delta": jnp.zeros((num_frames, EXPR_DIM)),
                       "pose_delta": jnp.zeros((num_frames, 6))}
@@ -197,11 +282,13 @@ def init_identity_params(network_params: dict, static: "AvatarStatic", num_frame
 # ----------------------------------------------------------------------------------------------------
 # From a reference image to UV Gaussian maps
 # ----------------------------------------------------------------------------------------------------
-def texel_points(static: AvatarStatic, vertices):
-    """Surface points of the bound texels on a mesh: vertices [..., V, 3] -> [..., M, 3]."""
-    faces = jnp.asarray(static.head_model.faces)[jnp.asarray(static.binding.face)]  # [M, 3]
+def texel_points(static: AvatarStatic, vertices, binding=None):
+    """Surface points of the bound texels on a mesh: vertices [..., V, 3] -> [..., M, 3] (binding: the
+    avatar's at R unless given)."""
+    binding = static.binding if binding is None else binding
+    faces = jnp.asarray(static.head_model.faces)[jnp.asarray(binding.face)]        # [M, 3]
     corners = vertices[..., faces, :]                                                # [..., M, 3, 3]
-    return jnp.einsum("...mkc,mk->...mc", corners, jnp.asarray(static.binding.bary, vertices.dtype))
+    return jnp.einsum("...mkc,mk->...mc", corners, jnp.asarray(binding.bary, vertices.dtype))
 
 
 def bilinear_sample(image, xy):
@@ -217,28 +304,41 @@ def bilinear_sample(image, xy):
     return top * (1 - fy) + bottom * fy
 
 
+def unwrap_texels(static: AvatarStatic, image, vertices, K, binding=None):
+    """One frame's colours at the bound texels: image [H, W, 3] in [0, 1], vertices [V, 3] (its posed mesh,
+    head space), K [3, 3] -> (colour [M, 3], facing [M]: the cosine between the texel's surface normal and
+    the direction to the camera, 0 where the texel faces away or projects outside the frame). No occlusion
+    test: a texel hidden behind another part of the face still reads the occluder's colour."""
+    binding = static.binding if binding is None else binding
+    h, w = image.shape[:2]
+    points = texel_points(static, vertices, binding)
+    xy, z = head_space_to_pixels(points, K)
+    tri = vertices[jnp.asarray(static.head_model.faces)[jnp.asarray(binding.face)]]
+    normal = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    to_camera = -points
+    cos = jnp.sum(normal * to_camera, axis=-1) / (
+        jnp.linalg.norm(normal, axis=-1) * jnp.linalg.norm(to_camera, axis=-1) + 1e-20)
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h) & (z > 0)
+    facing = jnp.where(inside, jnp.maximum(cos, 0.0), 0.0)
+    colour = bilinear_sample(jnp.asarray(image, jnp.float32), xy) * (facing > 0)[:, None]
+    return colour, facing
+
+
 def reference_uv_input(static: AvatarStatic, image, vertices, K):
-    """The generator's input from one reference frame: [R, R, 7] =
+    """The generator's input from one reference frame, at the generator's resolution Rp: [Rp, Rp, 7] =
     reference RGB unwrapped into UV with the tracked mesh (zero where the texel faces away from the
     camera or falls outside the frame) | canonical (template) surface position per texel, scaled to about
     [-1, 1] | UV valid mask.
 
     image [H, W, 3] in [0, 1]; vertices [V, 3] posed reference mesh in head space; K [3, 3].
     """
-    r = static.config.uv_resolution
-    h, w = image.shape[:2]
-    points = texel_points(static, vertices)
-    xy, z = head_space_to_pixels(points, K)
-    # Facing test: the posed triangle's normal against the direction to the camera (at the origin).
-    tri = vertices[jnp.asarray(static.head_model.faces)[jnp.asarray(static.binding.face)]]
-    normal = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    facing = jnp.sum(normal * -points, axis=-1) > 0
-    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h) & (z > 0)
-    colour = bilinear_sample(jnp.asarray(image, jnp.float32), xy) * (facing & inside)[:, None]
-    canon = texel_points(static, jnp.asarray(static.head_model.v_template, jnp.float32))
+    binding = static.prior_binding
+    r = binding.resolution
+    colour, _ = unwrap_texels(static, image, vertices, K, binding)
+    canon = texel_points(static, jnp.asarray(static.head_model.v_template, jnp.float32), binding)
     centre = jnp.mean(canon, axis=0)
     canon = (canon - centre) / (jnp.max(jnp.abs(canon - centre)) + 1e-8)
-    rows, cols = np.asarray(static.binding.texel_index).T
+    rows, cols = np.asarray(binding.texel_index).T
     out = jnp.zeros((r, r, 7), jnp.float32)
     out = out.at[rows, cols, 0:3].set(colour)
     out = out.at[rows, cols, 3:6].set(canon)
@@ -247,15 +347,23 @@ def reference_uv_input(static: AvatarStatic, image, vertices, K):
 
 def identity_uv_input(static: AvatarStatic, shape, reference_frame, reference_params: dict, K):
     """The generator's input for an identity: its reference frame [H, W, 3] unwrapped with the mesh posed
-    by `reference_params` (one frame's dict, see `posed_vertices`, without the batch dim) -> [R, R, 7]."""
+    by `reference_params` (one frame's dict, see `posed_vertices`, without the batch dim) -> [Rp, Rp, 7]."""
     frame = {k: jnp.asarray(v)[None] for k, v in reference_params.items()}
     vertices = posed_vertices(static, jnp.asarray(shape), frame)[0]
     return reference_uv_input(static, jnp.asarray(reference_frame, jnp.float32), vertices, jnp.asarray(K))
 
 
+def subject_uv_input(static: AvatarStatic, subject):
+    """The generator's input of a prepared subject (a `data.dataset.SubjectView`): its reference frame."""
+    ref = subject.reference_index
+    params = {k: v[0] for k, v in subject.frame_params([ref]).items()}
+    return identity_uv_input(static, subject.tracking["shape"], subject.frame(ref), params, subject.K)
+
+
 def generate_uv_maps(params: dict, static: AvatarStatic, uv_input, train: bool = False):
-    """Generator + the identity's UV refinement: uv_input [R, R, Cin] (or a batch [B, R, R, Cin]) -> dict
-    of [R, R, k] (or [B, R, R, k]) maps (offset, scale, rotation, opacity, sh0, feature).
+    """Generator (at its resolution Rp), resampled to the avatar's R, plus the identity's UV refinement:
+    uv_input [Rp, Rp, Cin] (or a batch [B, Rp, Rp, Cin]) -> dict of [R, R, k] (or [B, R, R, k]) maps
+    (offset, scale, rotation, opacity, sh0, feature).
 
     train=False uses the stored BatchNorm statistics (adaptation, rendering); train=True (prior training)
     normalises with the batch's statistics and returns (maps, new_generator_stats).
@@ -270,13 +378,125 @@ def generate_uv_maps(params: dict, static: AvatarStatic, uv_input, train: bool =
         maps, updates = gen.apply(variables, x, train=False), None
     if not batched:
         maps = {k: v[0] for k, v in maps.items()}
-    maps = apply_uv_delta(maps, params.get("uv_delta"))
+    maps = apply_uv_delta(resample_uv_maps(static, maps), params.get("uv_delta"))
     return (maps, updates["batch_stats"]) if train else maps
 
 
+def _resize_uv(x, r: int, valid):
+    """Bilinear resize of UV maps [..., Rp, Rp, k] -> [..., r, r, k], texels outside the layout (valid
+    [Rp, Rp, 1] == 0) left out of the average where a valid neighbour exists."""
+    shape = x.shape[:-3] + (r, r, x.shape[-1])
+    num = jax.image.resize(x * valid, shape, "linear")
+    den = jax.image.resize(jnp.broadcast_to(valid, x.shape[:-1] + (1,)), shape[:-1] + (1,), "linear")
+    return jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), jax.image.resize(x, shape, "linear"))
+
+
+def resample_uv_maps(static: AvatarStatic, maps: dict) -> dict:
+    """The generator's maps at Rp -> the avatar's R (identity when R == Rp): [..., Rp, Rp, k] -> [..., R, R, k].
+
+    Sizes are carried relative to the texel spacing (`texel_spacing`), so each Gaussian keeps the share of
+    its texel the prior gave it; the offset along the surface normal keeps its metric length (the surface
+    stays where the prior put it); the offsets within the triangle plane and the rotations are relative to
+    each triangle's own frame, which a resampled texel does not share, so the in-plane offset starts at 0.
+    Colours, opacities and features are interpolated bilinearly.
+    """
+    r, rp = static.uv_resolution, static.prior_uv_resolution
+    if r == rp:
+        return maps
+    valid = jnp.asarray(static.prior_binding.mask, jnp.float32)[..., None]
+    sp, sr = jnp.asarray(static.prior_spacing), jnp.asarray(static.spacing)
+    normal = _resize_uv(maps["offset"][..., 2:3] / sp, r, valid) * sr * (r / rp)
+    offset = jnp.concatenate([jnp.zeros(normal.shape[:-1] + (2,), normal.dtype), normal], axis=-1)
+    log_scale = _resize_uv(jnp.log(maps["scale"] / sp), r, valid)
+    rot = _resize_uv(maps["rotation"], r, valid)
+    out = {"offset": offset, "scale": jnp.exp(log_scale) * sr,
+           "rotation": rot / jnp.linalg.norm(rot, axis=-1, keepdims=True).clip(1e-8),
+           "opacity": jnp.clip(_resize_uv(maps["opacity"], r, valid), 1e-4, 1 - 1e-4)}
+    out.update({k: _resize_uv(maps[k], r, valid) for k in ("sh0", "feature")})
+    return out
+
+
+def offset_in_prior_texels(static: AvatarStatic, offset):
+    """Offsets of maps at R [..., 3] in texel units of the prior's resolution (what the offset
+    regulariser bounds, whatever R)."""
+    return offset * (static.prior_uv_resolution / static.uv_resolution)
+
+
+def unwrap_texture(static: AvatarStatic, frames, vertices, K, min_facing: float = 0.25):
+    """A texture at R from frames of the identity: frames [N, H, W, 3] in [0, 1] with their posed meshes
+    vertices [N, V, 3] -> (rgb [R, R, 3], weight [R, R, 1]): per texel the facing-weighted mean colour
+    (weights facing^2, texels seen at grazing angles below `min_facing` left out), weight its total (0:
+    never seen)."""
+    colour, facing = jax.vmap(lambda f, v: unwrap_texels(static, f, v, K))(frames, vertices)   # [N, M, 3], [N, M]
+    w = jnp.where(facing >= min_facing, facing ** 2, 0.0)
+    total = jnp.sum(w, axis=0)
+    rgb = jnp.sum(colour * w[..., None], axis=0) / jnp.maximum(total, 1e-8)[:, None]
+    rows, cols = np.asarray(static.binding.texel_index).T
+    r = static.uv_resolution
+    dense_rgb = jnp.zeros((r, r, 3)).at[rows, cols].set(rgb)
+    dense_w = jnp.zeros((r, r, 1)).at[rows, cols, 0].set(total)
+    return dense_rgb, dense_w
+
+
+@dataclasses.dataclass(frozen=True)
+class UVInit:
+    """How adaptation initialises the identity's UV refinement (`initial_uv_delta`).
+
+    scale: each Gaussian's in-plane size, in texel spacings on the mesh (0.6: neighbours overlap enough
+      for the first render to cover the surface without holes); thickness: its size along the normal,
+      in texel spacings; the disc lies in its triangle's plane. None keeps the prior's sizes and rotations.
+    min_opacity: opacities below are raised to it.
+    texture: colours of texels seen in the identity's frames start at the frames' colours (the generator
+      at a coarse Rp cannot carry that detail).
+    """
+    scale: float | None = 0.6
+    thickness: float = 0.3
+    min_opacity: float = 0.9
+    texture: bool = True
+
+
+def initial_uv_delta(static: AvatarStatic, maps: dict, texture=None, init: UVInit = UVInit(),
+                     colour_residual=None) -> dict:
+    """The UV refinement at R that makes the generated (and resampled) `maps` (dict of [R, R, k], without
+    refinement) start from the UV layout: sizes `init.scale` / `init.thickness` texel spacings, opacity at
+    least `init.min_opacity`, and with `texture` = (rgb [R, R, 3], weight [R, R, 1]) from `unwrap_texture`
+    the colours of the seen texels (less `colour_residual` [R, R, 3], the colour MLP's share, see
+    `colour_residual_map`). Returns a dict of [R, R, k] arrays (numpy)."""
+    delta = {k: np.zeros(np.shape(v), np.float32) for k, v in maps.items()}
+    if init.scale is not None:
+        target = np.asarray(static.spacing) * np.array([init.scale, init.scale, init.thickness], np.float32)
+        delta["scale"] = np.log(target / np.asarray(maps["scale"])).astype(np.float32)
+        # ... with the disc's thin axis along the surface normal (rotation = identity in the triangle's frame)
+        delta["rotation"] = (np.array([1.0, 0.0, 0.0, 0.0], np.float32) - np.asarray(maps["rotation"])).astype(np.float32)
+    opacity = np.clip(np.asarray(maps["opacity"], np.float64), 1e-6, 1 - 1e-6)
+    raised = np.maximum(opacity, init.min_opacity)
+    logit = lambda p: np.log(p) - np.log1p(-p)
+    delta["opacity"] = (logit(np.clip(raised, 1e-6, 1 - 1e-6)) - logit(opacity)).astype(np.float32)
+    if texture is not None and init.texture:
+        rgb, weight = (np.asarray(t, np.float32) for t in texture)
+        seen = weight > 0
+        if colour_residual is not None:
+            rgb = rgb - np.asarray(colour_residual, np.float32)
+        target_sh0 = np.asarray(models.rgb_to_sh0(rgb))
+        delta["sh0"] = np.where(seen, target_sh0 - np.asarray(maps["sh0"]), 0.0).astype(np.float32)
+    return delta
+
+
+def colour_residual_map(params: dict, static: AvatarStatic, maps: dict, expression53):
+    """The colour MLP's RGB residual [R, R, 3] of UV maps (dict of [R, R, k]) at one expression [53] (0
+    where no texel is bound): what the rendered colour adds to the SH0 colour."""
+    g = uv_lib.uv_maps_to_gaussians(static.binding, maps)
+    _, _, cmlp, _ = networks(static.config)
+    residual = cmlp.apply({"params": params["color_mlp"]}, g["feature"], jnp.asarray(expression53),
+                          jnp.asarray(static.texel_uv) if static.config.models.color_mlp.num_uv_freqs else None)
+    rows, cols = np.asarray(static.binding.texel_index).T
+    r = static.uv_resolution
+    return jnp.zeros((r, r, 3)).at[rows, cols].set(residual)
+
+
 def apply_uv_delta(maps: dict, delta: dict | None) -> dict:
-    """Refines generated UV maps in each quantity's natural space (log for scale, logit for opacity),
-    keeping every value valid. delta: dict of [R, R, k] (zeros = no change) or None."""
+    """Refines UV maps in each quantity's natural space (log for scale, logit for opacity), keeping every
+    value valid. delta: dict of [R, R, k] (zeros = no change) or None."""
     if delta is None:
         return maps
     rot = maps["rotation"] + delta["rotation"]
@@ -321,27 +541,71 @@ def frame_gaussians(params: dict, static: AvatarStatic, uv_maps: dict, vertices,
             "colors": colors}
 
 
+def landmark_pixels(static: AvatarStatic, vertices, K):
+    """The head model's landmarks projected into the frame: vertices [B, V, 3], K [3, 3] -> [B, L, 2]
+    pixels (pixel centres at +0.5); landmark l is MediaPipe point `static.head_model.lmk_mediapipe_index[l]`."""
+    model = static.head_model
+    tri = vertices[:, jnp.asarray(model.faces)[jnp.asarray(model.lmk_faces)]]             # [B, L, 3, 3]
+    points = jnp.einsum("blkc,lk->blc", tri, jnp.asarray(model.lmk_bary, vertices.dtype))
+    return head_space_to_pixels(points, K)[0]
+
+
+def corrected_pose(head_params: dict, frame: dict, index) -> dict:
+    """`frame` (per-frame head parameters, leading dim B) with the pose corrections the identity learned
+    for frames `index` [B] added: what rendering a frame the avatar was adapted on must use."""
+    delta = head_params["pose_delta"][index]
+    return {**frame, "global_rot": frame["global_rot"] + delta[..., :3],
+            "translation": frame["translation"] + delta[..., 3:]}
+
+
 def dilate_mask(mask, pixels: int):
-    """Binary dilation of masks [B, H, W, 1] by a square of half-width `pixels` (max-pool)."""
+    """Binary dilation of masks [B, H, W, 1] by a square of half-width `pixels` (a separable max-pool)."""
     if pixels <= 0:
         return mask
     k = 2 * pixels + 1
-    return jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, 1, 1, 1), "SAME")
+    rows = jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, (1, k, 1, 1), (1, 1, 1, 1), "SAME")
+    return jax.lax.reduce_window(rows, -jnp.inf, jax.lax.max, (1, 1, k, 1), (1, 1, 1, 1), "SAME")
+
+
+def box_blur(mask, radius: int):
+    """Mean over a (2 radius + 1)^2 square of masks [B, H, W, 1] (zero outside the frame; separable)."""
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    rows = jax.lax.reduce_window(mask, 0.0, jax.lax.add, (1, k, 1, 1), (1, 1, 1, 1), "SAME")
+    return jax.lax.reduce_window(rows, 0.0, jax.lax.add, (1, 1, k, 1), (1, 1, 1, 1), "SAME") / (k * k)
+
+
+def inpaint_region(head_masks, head_alpha, dilation: int, reach: int):
+    """Where the avatar owns the frame: the head mask [B, H, W, 1] united with the rendered head
+    (alpha > 0.05) within `reach` pixels of the mask (an opening jaw, a turned head; not the neck far
+    below the chin, which the head model continues into the body), dilated by `dilation` pixels.
+    Returns (region [B, H, W, 1] in {0, 1}: the inpainter's input is masked there and only there may the
+    output differ from the source frame; blend [B, H, W, 1] in [0, 1]: the weight of the inpainter's
+    output, 1 on the head, falling smoothly to exactly 0 at the region's border)."""
+    near = dilate_mask(head_masks, reach)
+    core = jnp.maximum(head_masks, (head_alpha > 0.05).astype(head_alpha.dtype) * near)
+    region = dilate_mask(core, dilation)
+    half = dilation // 2
+    blend = box_blur(dilate_mask(core, half), dilation - half) * region
+    return region, blend
 
 
 def render_heads(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, shape=None,
-                 per_frame_maps: bool = False) -> dict:
+                 per_frame_maps: bool = False, vertices=None) -> dict:
     """Rasterizes the head Gaussians of a batch of frames (no inpainting).
 
     frame: per-frame head parameters (see `posed_vertices`), leading dim B. shape [S] (or [B, S]): the
     head's shape coefficients (default: the identity's own, params["head"]["shape"]). uv_maps: dict of
     [R, R, k] maps shared by the batch, or with `per_frame_maps` [B, R, R, k] (one identity per frame).
-    K [3, 3] (or [B, 3, 3] with per-frame maps): intrinsics. Returns `head_rgb` [B, H, W, 3] (render over
-    black), `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr].
+    K [3, 3] (or [B, 3, 3] with per-frame maps): intrinsics. vertices [B, V, 3]: the posed meshes when
+    already computed (`posed_vertices` of `frame`). Returns `head_rgb` [B, H, W, 3] (render over black),
+    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr].
     """
     cfg = static.config
     s = cfg.image_size
-    vertices = posed_vertices(static, params["head"]["shape"] if shape is None else shape, frame)
+    if vertices is None:
+        vertices = posed_vertices(static, params["head"]["shape"] if shape is None else shape, frame)
     view = head_space_viewmat()[None]
 
     def one(maps, v, e, k):
@@ -360,35 +624,39 @@ def render_heads(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict,
 def inpaint_frames(params: dict, static: AvatarStatic, heads: dict, frames, head_masks, train: bool = False) -> dict:
     """Blends rendered heads (`render_heads` output) into the original frames with the Body Inpainter.
 
-    frames [B, H, W, 3] in [0, 1]: the original frames (only their body/background is used: the dilated
-    head region is masked out). head_masks [B, H, W, 1]. Returns `heads` plus `image` [B, H, W, 3] (the
-    inpainter output) and `inpaint_mask` [B, H, W, 1]; with train=True (prior training: BatchNorm on batch
+    frames [B, H, W, 3] in [0, 1]: the original frames; head_masks [B, H, W, 1]. The inpainter sees the
+    frame with the avatar's region (`inpaint_region`: head mask + rendered head, dilated) masked out and
+    the render; its output is used inside that region only, feathered towards the border, and outside it
+    the result is the original frame exactly (GGTalker's inpainter blends at the head boundary; body and
+    background stay the video's). Returns `heads` plus `image` [B, H, W, 3], `inpaint_mask` [B, H, W, 1]
+    (the region) and `inpaint_blend` [B, H, W, 1]; with train=True (prior training: BatchNorm on batch
     statistics) also `inpainter_stats`, the updated statistics.
     """
     cfg = static.config
     alphas, head_rgb, head_feat = heads["head_alpha"], heads["head_rgb"], heads["head_features"]
-    mask = dilate_mask(jnp.maximum(head_masks, (alphas > 0.05).astype(alphas.dtype)), cfg.head_mask_dilation)
+    mask, blend = inpaint_region(head_masks, alphas, cfg.mask_dilation, cfg.mask_reach)
     masked = frames * (1.0 - mask)
     _, _, _, inp = networks(cfg)
     fr = cfg.models.inpainter.render_feature_dim
     variables = {"params": params["inpainter"], "batch_stats": params["inpainter_stats"]}
     args = (jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, masked, mask)
-    out = {**heads, "inpaint_mask": mask}
+    out = {**heads, "inpaint_mask": mask, "inpaint_blend": blend}
     if train:
-        out["image"], updates = inp.apply(variables, *args, train=True, mutable=["batch_stats"])
+        inpainted, updates = inp.apply(variables, *args, train=True, mutable=["batch_stats"])
         out["inpainter_stats"] = updates["batch_stats"]
     else:
-        out["image"] = inp.apply(variables, *args, train=False)
+        inpainted = inp.apply(variables, *args, train=False)
+    out["image"] = jnp.where(mask > 0, blend * inpainted + (1.0 - blend) * frames, frames)
     return out
 
 
 def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict, K, frames, head_masks,
-                  train: bool = False, shape=None) -> dict:
+                  train: bool = False, shape=None, vertices=None) -> dict:
     """Renders a batch of frames of one identity: `render_heads` then `inpaint_frames` (see both).
 
-    Returns dict: `image` [B, H, W, 3] (inpainter output), `head_rgb` [B, H, W, 3] (render over black),
-    `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr], `inpaint_mask` [B, H, W, 1], and with
-    train=True `inpainter_stats`.
+    Returns dict: `image` [B, H, W, 3] (the original frame outside the avatar's region), `head_rgb`
+    [B, H, W, 3] (render over black), `head_alpha` [B, H, W, 1], `head_features` [B, H, W, Fr],
+    `inpaint_mask` / `inpaint_blend` [B, H, W, 1], and with train=True `inpainter_stats`.
     """
-    heads = render_heads(params, static, uv_maps, frame, K, shape=shape)
+    heads = render_heads(params, static, uv_maps, frame, K, shape=shape, vertices=vertices)
     return inpaint_frames(params, static, heads, frames, head_masks, train=train)

@@ -107,9 +107,11 @@ def load_pose_file(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def driving_poses(subject, num: int, opts: RenderOptions) -> tuple[dict, np.ndarray]:
+def driving_poses(subject, num: int, opts: RenderOptions, head_params: dict | None = None) -> tuple[dict, np.ndarray]:
     """Per-frame pose arrays for `num` output frames and the subject frame index each one borrows its
-    background/body from."""
+    background/body from. With the avatar's `head_params`, the pose corrections adaptation learned for the
+    borrowed frames are applied (`avatar.corrected_pose`), so the head sits where it was fitted on them;
+    a user pose file replaces rotation and translation as given."""
     a, b, _ = subject.split
     idx = pingpong_indices(num, a, b)
     t = subject.tracking
@@ -118,7 +120,9 @@ def driving_poses(subject, num: int, opts: RenderOptions) -> tuple[dict, np.ndar
         mid = idx[0]
         poses = {k: np.repeat(t[k][mid:mid + 1], num, 0) for k in POSE_KEYS}
         idx = np.full(num, mid)
-    elif opts.pose != "video":
+    if head_params is not None and opts.pose in ("video", "static"):
+        poses = {k: np.asarray(v) for k, v in avatar_lib.corrected_pose(head_params, poses, idx).items()}
+    if opts.pose not in ("video", "static"):
         user = load_pose_file(opts.pose)
         rows = pingpong_indices(num, 0, len(user["global_rot"]))
         poses.update({k: v[rows] for k, v in user.items()})
@@ -155,7 +159,7 @@ def render_sequence(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np
     body/background each output frame uses). Yields float32 [b, S, S, 3] batches in [0, 1] (b <= batch_size;
     the last batch is padded to a full one for the compiled function, then cut)."""
     static, params, subject = adapted.static, adapted.params, adapted.subject
-    uv_maps = avatar_lib.generate_uv_maps(params, static, _uv_input(adapted))
+    uv_maps = avatar_lib.generate_uv_maps(params, static, avatar_lib.subject_uv_input(static, subject))
 
     @jax.jit
     def render(frame, frames, masks):
@@ -168,14 +172,6 @@ def render_sequence(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np
         frame = {"expression53": jnp.asarray(expr[sel]), **{k: jnp.asarray(v[sel]) for k, v in poses.items()}}
         images = render(frame, jnp.asarray(subject.frames(src_idx[sel])), jnp.asarray(subject.head_masks(src_idx[sel])))
         yield np.clip(np.asarray(images)[: e - s], 0.0, 1.0)
-
-
-def _uv_input(adapted: Adapted):
-    subject = adapted.subject
-    ref = subject.reference_index
-    params = {k: v[0] for k, v in subject.frame_params([ref]).items()}
-    return avatar_lib.identity_uv_input(adapted.static, subject.tracking["shape"], subject.frame(ref), params,
-                                        subject.K)
 
 
 def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptions = RenderOptions(),
@@ -201,7 +197,7 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     t0 = time.perf_counter()
     expr = predict_expressions(adapted, feats, opts)
     timings["a2e_s"] = time.perf_counter() - t0
-    poses, src_idx = driving_poses(subject, num, opts)
+    poses, src_idx = driving_poses(subject, num, opts, adapted.params["head"])
     blink_dims = blink_dimensions(adapted.static.head_model)
     if opts.blink_rate is not None:
         expr = apply_blinks(expr, blink_dims, opts.blink_rate, subject.fps, opts.seed)

@@ -53,7 +53,7 @@ def test_each_paper_stage_changes_exactly_its_groups(adapted, tmp_path):
     a = workdir_lib.load_adapted(str(root / "workdir"))
     stats = {k: a.params[k] for k in ("generator_stats", "inpainter_stats")}
     params = {k: v for k, v in a.params.items() if k not in stats}
-    uv_input = adapt._uv_input(a.static, a.subject)
+    uv_input = avatar_lib.subject_uv_input(a.static, a.subject)
     for i, stage in enumerate(adapt.paper_schedule()):
         one_step = dataclasses.replace(stage, steps=1, learning_rate=1e-2)
         new, record = adapt.run_stage(a.static, a.subject, uv_input, params, stats, one_step, adapt.AdaptConfig(),

@@ -170,7 +170,8 @@ class PreparedDataset:
         return img[..., ::-1].copy()
 
     def mask(self, i: int) -> np.ndarray:
-        """float32 ``[size, size, 2]`` in [0, 1]: channel 0 head mask, channel 1 person probability."""
+        """float32 ``[size, size, 2]`` in [0, 1]: channel 0 head mask, channel 1 person probability, as
+        stored (the head mask is the landmark hull; `head_mask` adds the hair)."""
         import cv2
 
         path = self.dir / mask_name(self._check_index(i))
@@ -178,6 +179,15 @@ class PreparedDataset:
         if img is None:
             raise DatasetError(f"{path}: missing or corrupt mask; re-run prepare")
         return img[..., [2, 1]].astype(np.float32) / 255.0
+
+    def head_mask(self, i: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """float32 ``[size, size, 2]``: `mask(i)` (or the given one) with channel 0 the head including the
+        hair: the stored hull united with `masks.hair_region` of the frame's landmarks and person mask."""
+        from ggtalker_jax.data.masks import head_with_hair
+
+        m = self.mask(i) if mask is None else mask
+        head = head_with_hair(m[..., 0] > 0.5, self.landmarks[i], m[..., 1])
+        return np.stack([head.astype(np.float32), m[..., 1]], -1)
 
     def audio(self) -> tuple[np.ndarray, int]:
         from ggtalker_jax.audio.io import load_audio
@@ -290,8 +300,8 @@ class SubjectView:
         return _resize(self.dataset.frame(i), self.image_size).astype(np.float32) / 255.0
 
     def head_mask(self, i: int) -> np.ndarray:
-        """float32 [S, S, 1] in {0, 1}."""
-        m = _resize(self.dataset.mask(i)[..., :1], self.image_size)
+        """float32 [S, S, 1] in {0, 1}: the head with its hair (`PreparedDataset.head_mask`)."""
+        m = _resize(self.dataset.head_mask(i)[..., :1], self.image_size)
         return (m.reshape(self.image_size, self.image_size, 1) > 0.5).astype(np.float32)
 
     def person_mask(self, i: int) -> np.ndarray:

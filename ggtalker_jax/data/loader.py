@@ -4,7 +4,8 @@ training samples, for the Expression-Visual prior and for adaptation.
 Each sample (before batching) is a frame t of one identity. Always::
 
     frame          float32 [S, S, 3] in [0, 1]        (S = `LoaderConfig.image_size`, default the crop size)
-    mask           float32 [S, S, 2]                  head mask, person probability
+    mask           float32 [S, S, 2]                  head mask with the hair (`PreparedDataset.head_mask`) in
+                                                      {0, 1}, person probability
     landmarks      float32 [478, 3]                   MediaPipe landmarks in pixels of the S x S frame
     found          bool    []                         MediaPipe found the face in this frame
     audio          float32 [2 * audio_window + 1, Da] features of frames t - w .. t + w (clamped at the clip ends)
@@ -117,7 +118,8 @@ class _Identity:
         return ds_lib._resize(self.data.frame(t), self.size).astype(np.float32) / 255.0
 
     def mask(self, t: int) -> np.ndarray:
-        return ds_lib._resize(self.data.mask(t), self.size)
+        m = ds_lib._resize(self.data.head_mask(t), self.size)
+        return np.stack([(m[..., 0] > 0.5).astype(np.float32), m[..., 1]], -1)
 
 
 def load_sample(ident: _Identity, identity: int, t: int, config: "LoaderConfig",

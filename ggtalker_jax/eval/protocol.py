@@ -93,7 +93,7 @@ def _drive(adapted, wav, sr, opts):
     from ggtalker_jax.infer import driving_poses, predict_expressions
     feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=adapted.subject.fps)
     expr = predict_expressions(adapted, feats, opts)
-    poses, src = driving_poses(adapted.subject, expr.shape[0], opts)
+    poses, src = driving_poses(adapted.subject, expr.shape[0], opts, adapted.params["head"])
     return expr, poses, src
 
 
@@ -192,11 +192,10 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
 
 def _speed(adapted, expr, poses, idx) -> dict:
     """Per-stage timings on a batch of frames (compiled once, then timed)."""
-    from ggtalker_jax.infer import _uv_input
     from ggtalker_jax.render import rasterization
     static, params, data = adapted.static, adapted.params, adapted.subject
     n = expr.shape[0]
-    uv_input = _uv_input(adapted)
+    uv_input = avatar_lib.subject_uv_input(static, data)
     uv_fn = jax.jit(lambda: avatar_lib.generate_uv_maps(params, static, uv_input))
     uv_maps = uv_fn()
     frame = {"expression53": jnp.asarray(expr), **{k: jnp.asarray(v) for k, v in poses.items()}}

@@ -25,6 +25,7 @@ import shutil
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ggtalker_jax import avatar as avatar_lib
@@ -68,11 +69,13 @@ class Stage:
 
     def terms(self, a2e_render_timestep: int = 0) -> objectives.AdaptationTerms:
         """The objective's terms this stage needs: images when a visual group trains, the A2E's diffusion
-        objective when the A2E trains, and both together render from the A2E's expressions."""
+        objective when the A2E trains, and both together render from the A2E's expressions; the landmark
+        term when the head parameters train."""
         visual = any(g in self.trainable for g in VISUAL_GROUPS)
         a2e = "a2e" in self.trainable
         return objectives.AdaptationTerms(photometric=visual, a2e=a2e, a2e_render=visual and a2e,
-                                          a2e_render_timestep=a2e_render_timestep)
+                                          a2e_render_timestep=a2e_render_timestep,
+                                          landmarks="head" in self.trainable)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,6 +109,8 @@ class AdaptConfig:
     w_a2e: float = 1.0
     image: objectives.ImageWeights = objectives.ImageWeights()
     a2e: objectives.A2EWeights = objectives.A2EWeights()
+    uv_init: avatar_lib.UVInit = avatar_lib.UVInit()   # how the UV refinement starts (`avatar.initial_uv_delta`)
+    texture_frames: int = 8             # training frames whose colours start the texture (0: the prior's)
     checkpoint_every: int = 50          # steps between checkpoints of a running stage
     seed: int = 0
 
@@ -167,6 +172,7 @@ def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, c
     with DirectoryLock(workdir, "ggtalker adapt"):
         network, prior, source = priors_lib.load_or_init(priors, avatar_config.prior if avatar_config else None)
         config = dataclasses.replace(avatar_config or avatar_lib.AvatarConfig(), prior=prior)
+        config = dataclasses.replace(config, uv_resolution=config.resolved_uv_resolution)   # recorded as chosen
         static = avatar_lib.AvatarStatic.build(config)
         subject = dataset_lib.SubjectView(data_dir, config.image_size)
         record = workdir_lib.record_for(
@@ -200,7 +206,9 @@ def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, c
             print(f"resuming adaptation after stage {done} ({stages[done - 1].name})")
         record["stages_done"] = done
         workdir_lib.write_record(workdir, record)
-        uv_input = _uv_input(static, subject)
+        uv_input = avatar_lib.subject_uv_input(static, subject)
+        if not done:
+            params["uv_delta"] = initial_uv_delta(static, subject, {**params, **stats}, uv_input, cfg)
         for i, stage in enumerate(stages):
             if i < done:
                 continue
@@ -217,11 +225,29 @@ def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, c
     return summary
 
 
-def _uv_input(static: avatar_lib.AvatarStatic, subject: dataset_lib.SubjectView):
-    """The generator's input of the subject's reference frame [R, R, 7]."""
-    ref = subject.reference_index
-    params = {k: v[0] for k, v in subject.frame_params([ref]).items()}
-    return avatar_lib.identity_uv_input(static, subject.tracking["shape"], subject.frame(ref), params, subject.K)
+def initial_uv_delta(static: avatar_lib.AvatarStatic, subject: dataset_lib.SubjectView, params: dict, uv_input,
+                     cfg: AdaptConfig) -> dict:
+    """The identity's UV refinement before stage 1 (`avatar.initial_uv_delta`): Gaussian sizes from the UV
+    layout and, with `cfg.texture_frames`, the colours of up to that many training frames where the face
+    was found (the reference first, the rest spread over the split), unwrapped with their tracked meshes."""
+    zero = {k: jnp.zeros_like(v) for k, v in params["uv_delta"].items()}
+    maps = jax.jit(lambda p: avatar_lib.generate_uv_maps({**p, "uv_delta": zero}, static, uv_input))(params)
+    texture, residual = None, None
+    if cfg.texture_frames and cfg.uv_init.texture:
+        a, b, _ = subject.split
+        found = np.flatnonzero(subject.landmarks_found[a:b]) + a
+        if len(found):
+            pick = found[np.unique(np.linspace(0, len(found) - 1, cfg.texture_frames).round().astype(int))]
+            pick = np.unique(np.concatenate([[subject.reference_index], pick]))[:cfg.texture_frames]
+            frame = {k: jnp.asarray(v) for k, v in subject.frame_params(pick).items()}
+            shape = jnp.asarray(subject.tracking["shape"])
+            texture = jax.jit(lambda f, fr: avatar_lib.unwrap_texture(
+                static, fr, avatar_lib.posed_vertices(static, shape, f), jnp.asarray(subject.K)))(
+                frame, jnp.asarray(subject.frames(pick)))
+            ref = subject.expression53[subject.reference_index]
+            residual = avatar_lib.colour_residual_map(params, static, maps, ref)
+    return {k: jnp.asarray(v) for k, v in avatar_lib.initial_uv_delta(static, maps, texture, cfg.uv_init,
+                                                                       residual).items()}
 
 
 def _read_json(path: str) -> dict:

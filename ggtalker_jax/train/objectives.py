@@ -49,8 +49,11 @@ class ImageWeights:
 
     lambda_dssim: D-SSIM next to L1; mouth_weight: L1 weight of mouth pixels (1 = no emphasis);
     w_head_render: the head render composited over the true frame, scored inside the head mask;
-    w_offset (max_offset) / w_scale (max_scale): Gaussian offset and size regularisers (generator units);
-    exclude_lost_faces: frames where MediaPipe lost the face are no photometric targets.
+    w_offset (max_offset) / w_scale (max_scale): Gaussian offset and size regularisers (generator units;
+    offsets of maps at another UV resolution than the prior's are measured in the prior's texels);
+    exclude_lost_faces: frames where MediaPipe lost the face are no photometric targets;
+    w_landmark: the head model's projected landmarks against MediaPipe's (adaptation stages that train the
+    head parameters), distances in units of `landmark_scale` x the image size, lost faces excluded.
     """
     lambda_dssim: float = 0.2
     mouth_weight: float = 2.0
@@ -60,6 +63,8 @@ class ImageWeights:
     w_scale: float = 0.0
     max_scale: float = 2.0
     exclude_lost_faces: bool = True
+    w_landmark: float = 0.01
+    landmark_scale: float = 0.01
 
 
 def lip_vertices_fn(model) -> Callable:
@@ -109,7 +114,8 @@ def a2e_objective(model_config: A2EConfig, weights: A2EWeights = A2EWeights(), c
     return loss_fn
 
 
-def _image_terms(out: dict, batch: dict, uv_maps: dict, weights: ImageWeights) -> tuple[jax.Array, dict]:
+def _image_terms(out: dict, batch: dict, uv_maps: dict, weights: ImageWeights,
+                 static: avatar_lib.AvatarStatic) -> tuple[jax.Array, dict]:
     """Photometric + head-render + regulariser terms of rendered frames against the batch's frames."""
     gt = batch["frame"]
     head_masks = batch["mask"][..., :1]
@@ -123,12 +129,22 @@ def _image_terms(out: dict, batch: dict, uv_maps: dict, weights: ImageWeights) -
                                         sample_weight=found)
     total = l_img + weights.w_head_render * l_head
     if weights.w_offset:
-        total = total + weights.w_offset * losses.offset_regularizer(uv_maps["offset"], weights.max_offset)
+        offset = avatar_lib.offset_in_prior_texels(static, uv_maps["offset"])
+        total = total + weights.w_offset * losses.offset_regularizer(offset, weights.max_offset)
     if weights.w_scale:
         total = total + weights.w_scale * losses.scale_regularizer(uv_maps["scale"], weights.max_scale)
     metrics = {"l1": parts["l1"], "dssim": parts["dssim"], "head": l_head,
                "psnr": jnp.mean(psnr(jnp.clip(out["image"], 0.0, 1.0), gt))}
     return total, metrics
+
+
+def _landmark_term(static: avatar_lib.AvatarStatic, vertices, batch: dict, weights: ImageWeights):
+    """Projected head-model landmarks of posed meshes [B, V, 3] against the batch's MediaPipe landmarks
+    (frames where the face was lost weigh 0)."""
+    pred = avatar_lib.landmark_pixels(static, vertices, batch["K"][0])
+    target = batch["landmarks"][:, jnp.asarray(static.head_model.lmk_mediapipe_index), :2]
+    found = batch["found"].astype(pred.dtype)
+    return losses.landmark_loss(pred, target, found, scale=weights.landmark_scale * static.config.image_size)
 
 
 def _frame_params(batch: dict, prefix: str = "") -> dict:
@@ -148,7 +164,7 @@ def ev_prior_objective(static: avatar_lib.AvatarStatic, weights: ImageWeights = 
         heads = avatar_lib.render_heads(full, static, uv_maps, _frame_params(batch), batch["K"],
                                         shape=batch["shape"], per_frame_maps=True)
         out = avatar_lib.inpaint_frames(full, static, heads, batch["frame"], batch["mask"][..., :1], train=True)
-        total, metrics = _image_terms(out, batch, uv_maps, weights)
+        total, metrics = _image_terms(out, batch, uv_maps, weights, static)
         metrics["batch_stats"] = {"generator_stats": gen_stats, "inpainter_stats": out["inpainter_stats"]}
         return total, metrics
 
@@ -162,12 +178,13 @@ class AdaptationTerms:
     photometric: render frames and score them (stages that train visual groups); a2e: the A2E's diffusion
     objective on the identity's windows; a2e_render: render from the A2E's expressions instead of the
     tracked ones (stages 4-5); a2e_render_timestep: the diffusion timestep whose one-step x0 prediction is
-    rendered.
+    rendered; landmarks: the landmark term on the tracked (corrected) head (stages that train the head).
     """
     photometric: bool = True
     a2e: bool = False
     a2e_render: bool = False
     a2e_render_timestep: int = 0
+    landmarks: bool = False
 
 
 def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: int, terms: AdaptationTerms,
@@ -175,8 +192,8 @@ def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: in
                          w_a2e: float = 1.0):
     """One identity's adaptation objective over loader batches with tracking and A2E windows.
     ``params``: the avatar's groups {"uv_delta", "generator", "head", "a2e", "color_mlp", "inpainter"};
-    ``batch_stats``: the prior's BatchNorm statistics (eval mode: not updated). uv_input [R, R, 7]: the
-    identity's reference unwrapped (`avatar.identity_uv_input`)."""
+    ``batch_stats``: the prior's BatchNorm statistics (eval mode: not updated). uv_input [Rp, Rp, 7]: the
+    identity's reference unwrapped at the generator's resolution (`avatar.identity_uv_input`)."""
     a2e_module = avatar_lib.networks(static.config)[0]
     schedule = diffusion.cosine_schedule(static.config.models.a2e.num_train_steps)
 
@@ -198,24 +215,29 @@ def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: in
         if terms.photometric:
             rows = jnp.arange(b)
             idx = batch["index"]
+            tracked = avatar_lib.corrected_pose(head, {
+                "expression53": batch["expression53"] + head["expr_delta"][idx], "global_rot": batch["global_rot"],
+                "translation": batch["translation"], "eye_pose": batch["eye_pose"],
+                "neck_pose": batch["neck_pose"]}, idx)
+            tracked_vertices = avatar_lib.posed_vertices(static, head["shape"], tracked)
+            frame, vertices = tracked, tracked_vertices
             if terms.a2e_render:
                 # The A2E's one-step prediction from the noised target, so image gradients reach the A2E.
                 t = jnp.full((b,), terms.a2e_render_timestep)
                 noisy = diffusion.q_sample(schedule, target, t, jax.random.normal(k_noise, target.shape))
                 x0 = a2e_module.apply({"params": params["a2e"]}, noisy, t, batch["window_audio"], None, style, None)
-                expr = x0[rows, batch["render_pos"]]
-            else:
-                expr = batch["expression53"] + head["expr_delta"][idx]
-            frame = {"expression53": expr,
-                     "global_rot": batch["global_rot"] + head["pose_delta"][idx, :3],
-                     "translation": batch["translation"] + head["pose_delta"][idx, 3:],
-                     "eye_pose": batch["eye_pose"], "neck_pose": batch["neck_pose"]}
+                frame = {**tracked, "expression53": x0[rows, batch["render_pos"]]}
+                vertices = avatar_lib.posed_vertices(static, head["shape"], frame)
             uv_maps = avatar_lib.generate_uv_maps(full, static, uv_input)
             out = avatar_lib.render_frames(full, static, uv_maps, frame, batch["K"][0], batch["frame"],
-                                           batch["mask"][..., :1])
-            l_photo, image_metrics = _image_terms(out, batch, uv_maps, image_weights)
+                                           batch["mask"][..., :1], vertices=vertices)
+            l_photo, image_metrics = _image_terms(out, batch, uv_maps, image_weights, static)
             total = total + l_photo
             metrics.update(image_metrics)
+            if terms.landmarks and image_weights.w_landmark:
+                l_lmk = _landmark_term(static, tracked_vertices, batch, image_weights)
+                total = total + image_weights.w_landmark * l_lmk
+                metrics["landmark"] = l_lmk
         return total, metrics
 
     return loss_fn
