@@ -118,7 +118,7 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     from ggtalker_jax import watermark
     from ggtalker_jax.audio import features as audio_features
     from ggtalker_jax.audio import io as audio_io
-    from ggtalker_jax.data import media
+    from ggtalker_jax import media
     from ggtalker_jax.head import blink_dimensions
     from ggtalker_jax.train.adapt import load_adapted
 
@@ -164,10 +164,9 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     size = max(opts.output_size or frames.shape[1], MIN_OUTPUT_SIZE)
     if size != frames.shape[1]:
         frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
-    key = watermark.load_key()
+    key = watermark.load_key(create=True)
     payload = watermark.Payload.create(os.path.abspath(workdir), audio_path, visible_mark=opts.visible_watermark)
-    record = key.sign(payload)
-    frames = watermark.embed_frames(frames, record, key, visible=opts.visible_watermark)
+    frames, record = watermark.mark_frames(frames, payload, key, visible=opts.visible_watermark)
     if frames_dir:
         os.makedirs(frames_dir, exist_ok=True)
         for i, f in enumerate(frames):

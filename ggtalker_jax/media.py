@@ -1,6 +1,8 @@
-"""Video I/O on top of the ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed).
+"""The one video reader/writer of the package, on top of the ffmpeg binary bundled with imageio-ffmpeg (no
+system ffmpeg needed). Used by `data` (ingest) and `watermark`; it depends only on `audio.io`.
 
-- `probe_video`: size / fps / duration / audio presence of any container ffmpeg reads (H.264, HEVC, VP9...).
+- `probe_video`: size / fps / duration / audio presence / `comment` tag of any container ffmpeg reads
+  (H.264, HEVC, VP9...).
 - `read_video`: streams uint8 ``[H, W, 3]`` RGB frames resampled to a constant target fps by ffmpeg's
   ``fps`` filter (nearest-timestamp selection: output frame ``t`` at time ``t / fps`` is the source frame
   whose timestamp is nearest; handles variable-frame-rate sources by duplicating / dropping frames).
@@ -37,6 +39,7 @@ class VideoInfo:
     duration: float
     has_audio: bool
     codec: str
+    comment: str = ""  # the container's `comment` tag ("" when absent; the watermark's signed record)
 
 
 def _header(path: pathlib.Path) -> dict[str, Any]:
@@ -55,6 +58,21 @@ def _header(path: pathlib.Path) -> dict[str, Any]:
     return meta
 
 
+def read_comment(path: str | os.PathLike) -> str:
+    """The container's `comment` tag ("" when absent), via `ffmpeg -f ffmetadata`."""
+    path = pathlib.Path(path)
+    _check_file(path)
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise MediaError(f"{path}: cannot read the container metadata: "
+                         f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    for line in proc.stdout.decode("utf-8", errors="replace").splitlines():
+        if line.lower().startswith("comment="):
+            return line.split("=", 1)[1]
+    return ""
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Probe a video file without decoding it. Raises `MediaError` for missing/empty/corrupt files."""
     path = pathlib.Path(path)
@@ -66,7 +84,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise MediaError(f"{path}: no usable video stream (size {width}x{height}, fps {fps})")
     return VideoInfo(width=width, height=height, fps=fps, num_frames=int(round(duration * fps)),
                      duration=duration, has_audio=meta.get("audio_codec") is not None,
-                     codec=str(meta.get("codec", "?")))
+                     codec=str(meta.get("codec", "?")), comment=read_comment(path))
 
 
 def read_video(path: str | os.PathLike, fps: float | None = 25, max_seconds: float | None = None,
