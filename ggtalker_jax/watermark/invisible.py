@@ -1,8 +1,9 @@
 """Invisible, blind spread-spectrum watermark in a resolution-normalised block-DCT luma domain.
 
 Domain: the luma `Y = 0.299 R + 0.587 G + 0.114 B` of a frame `[H, W]` resized to the working canvas
-`[S, S]` (default 256), cut into 8x8 blocks, orthonormal DCT; a mid-frequency band of each block
-(`max(u, v) <= 3`, `u + v >= 2`: 13 coefficients) are the carriers, `M = (S / 8)^2 * 13` of them. Every
+`[S, S]` (default 256), cut into 8x8 blocks, orthonormal DCT; a low/mid-frequency band of each block
+(`max(u, v) <= 3`, `2 <= u + v <= 4`: 10 coefficients, what H.264 at CRF 28 and a 0.5x rescale keep
+best) are the carriers, `M = (S / 8)^2 * 10` of them. Every
 carrier belongs to one codeword bit (public random interleaving, `carrier_layout`) with a public random
 chip sign. A bit's statistic in one frame is the weighted mean `p_k = sum_j w_j chip_j x_j / sum_j w_j`
 over its carriers, `w_j` = 1 / (typical size of band `(u, v)` in the frame) so that no band's host
@@ -16,17 +17,19 @@ it must survive (`InvisibleConfig.simulate`, default H.264 CRF 28 and 0.5x + CRF
      probe's survival per 8x8 block is that block's gain `g_a` (flat blocks lose the mark, textured
      blocks keep it), and the re-encoded clean frames give the host's statistic `h_a` after the attack;
   2. carrier `j` of bit `k` gets `alpha_k * sign_k * chip_j * g_j * w_j` (matched to where the mark
-     survives, `g` = mean gain over the attacks); `alpha_k` is the least amplitude that lifts the bit's
-     statistic to `tau` under every attack and unattacked, given the host (informed embedding);
+     survives, `g` = the largest gain over the attacks); `alpha_k` is the least amplitude that lifts the
+     bit's statistic to `tau` under every attack, unattacked, and on 75% corner crops (the host is
+     cancelled on what a crop keeps too), given the host (informed embedding);
   3. the hardest bits (above the `give_up_quantile` of needed amplitude) are capped and left to the
-     convolutional code, `tau` is the largest that fits the energy budget `min_psnr_db`, and one
-     re-simulation tops up bits that fell short.
+     convolutional code, `tau` is the largest that fits the energy budget `min_psnr_db`, and
+     `top_ups` re-simulations top up bits that fell short.
 
 Detection (`detect_codeword`) is blind and key-free (the key signs the record): per-frame statistics at the
 identity alignment, averaged over all frames, Viterbi + CRC. When that fails it decodes sliding windows of
 `window` frames (a clip made of several marked pieces), and when nothing decodes it searches crops: for a
-grid of kept fractions the frames are resized, the sync-word pattern is located by FFT cross-correlation
-and the best alignments are decoded with the missing blocks masked out.
+grid of kept fractions (and the four corner offsets, or the offset where the sync-word pattern
+correlates best) the frame-mean statistics are decoded, and the alignments that decode (else the most
+coherent ones) are refined and decoded frame by frame with the missing blocks masked out.
 """
 from __future__ import annotations
 
@@ -45,11 +48,11 @@ IDENTITY: Alignment = (1.0, 1.0, 0, 0)
 
 
 def _default_band() -> tuple[tuple[int, int], ...]:
-    return tuple((u, v) for u in range(4) for v in range(4) if u + v >= 2)
+    return tuple((u, v) for u in range(4) for v in range(4) if 2 <= u + v <= 4)
 
 
 def _default_crop_scales() -> tuple[float, ...]:
-    return tuple(round(1.0 - 0.01 * i, 2) for i in range(1, 36))  # 0.99 .. 0.65
+    return tuple(round(1.0 - 0.005 * i, 3) for i in range(1, 71))  # 0.995 .. 0.65
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +71,11 @@ class InvisibleConfig:
     gain_floor: float = 0.05      # smallest survival gain a block is given energy for
     give_up_quantile: float = 0.9  # bits needing more amplitude than this quantile are capped
     design_crops: tuple[float, ...] = (0.75,)  # corner crops (kept fraction) the host is also cancelled on
+    top_ups: int = 1              # re-simulations that top up bits falling short
+    gain_combine: str = "max"     # survival gains of the simulated attacks -> pattern shape: "max" or "mean"
     # detection
     crop_scales: tuple[float, ...] = dataclasses.field(default_factory=_default_crop_scales)
-    candidates_decoded: int = 8   # best-scoring crop alignments refined and decoded when identity fails
+    candidates_decoded: int = 4   # best-scoring crop alignments refined and decoded when identity fails
     min_sync_agreement: int = 13  # of 16 sync bits that must decode right to call a mark present
     window: int = 25              # frames per window when the whole clip does not decode as one mark
 
@@ -81,6 +86,8 @@ class InvisibleConfig:
             raise ValueError(f"band entries must lie in [0, {self.block}) and exclude DC, got {self.band}")
         if not 20.0 <= self.min_psnr_db <= 70.0:
             raise ValueError(f"min_psnr_db must be in [20, 70], got {self.min_psnr_db}")
+        if self.gain_combine not in ("max", "mean"):
+            raise ValueError(f"gain_combine must be 'max' or 'mean', got {self.gain_combine!r}")
         if self.window < 1 or self.design_frames < 1:
             raise ValueError(f"window and design_frames must be >= 1, got {self.window}, {self.design_frames}")
 
@@ -282,7 +289,8 @@ def design_pattern(frames: np.ndarray, codeword: np.ndarray, config: InvisibleCo
         hosts.append(_bit_projection(clean_after, layout, weight))
         gains.append(np.repeat(gain, n_band))
     del probed
-    g = np.maximum(np.mean(gains, axis=0) if gains else np.ones(layout.bit_of.size), config.gain_floor)
+    combine = {"mean": np.mean, "max": np.max}[config.gain_combine]
+    g = np.maximum(combine(gains, axis=0) if gains else np.ones(layout.bit_of.size), config.gain_floor)
     masks = [np.ones(layout.bit_of.size)] * len(gains)
     gains.append(np.ones(layout.bit_of.size))  # the unattacked video must decode too
     hosts.append(_bit_projection(host0, layout, weight))
@@ -315,13 +323,14 @@ def design_pattern(frames: np.ndarray, codeword: np.ndarray, config: InvisibleCo
         return pattern_from_carriers((signs * alpha)[layout.bit_of] * layout.chip * shape, config)
 
     tau, alpha = fit(np.zeros(codeword.size))
-    marked = apply_pattern(frames, pattern(alpha))
-    extra = np.zeros(codeword.size)
-    for attack, response in zip(config.simulate, responses):
-        reached = signs * _bit_projection(_carrier_means(attack(marked), config)[0], layout, weight)
-        extra = np.maximum(extra, np.maximum(0.0, tau - reached) / response)
-    alpha = np.minimum(alpha + extra, np.quantile(alpha + extra, config.give_up_quantile))
-    alpha *= min(1.0, np.sqrt(budget / max(energy(alpha), 1e-9)))
+    for _ in range(config.top_ups):  # re-simulate: lift the bits the linear model over-estimated
+        marked = apply_pattern(frames, pattern(alpha))
+        extra = np.zeros(codeword.size)
+        for attack, response in zip(config.simulate, responses):
+            reached = signs * _bit_projection(_carrier_means(attack(marked), config)[0], layout, weight)
+            extra = np.maximum(extra, np.maximum(0.0, tau - reached) / response)
+        alpha = np.minimum(alpha + extra, np.quantile(alpha + extra, config.give_up_quantile))
+        alpha *= min(1.0, np.sqrt(budget / max(energy(alpha), 1e-9)))
     result = pattern(alpha)
     quality = _psnr(apply_pattern(frames, result), frames)  # rounding/resizing can cost a little
     if quality < config.min_psnr_db:
@@ -369,7 +378,9 @@ class CodewordDetection:
 
 def frame_statistics(lumas: np.ndarray, config: InvisibleConfig, n_bits: int,
                      alignment: Alignment = IDENTITY) -> np.ndarray:
-    """Observed lumas [T, H, W] -> per-frame bit statistics [T, n_bits] at `alignment`."""
+    """Observed lumas [T, H, W] -> per-frame bit statistics [T, n_bits] at `alignment` (bands weighted by
+    `band_weights`, as the embedder designed them; per-band optimal weights would undo the host
+    cancellation, which holds for this combination only)."""
     layout = carrier_layout(config, n_bits)
     nb, b = config.work_size // config.block, config.block
     planes, coverage = [], None
@@ -467,26 +478,31 @@ def _sync_offset(z: np.ndarray, template_f: np.ndarray, size: int) -> tuple[int,
     return int(oy), int(ox)
 
 
-def alignment_score(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
-                    alignment: Alignment, bands: np.ndarray | None = None) -> float:
-    """Coherence of the bit statistics of a frame-mean luma [H, W] at `alignment`: mean over bits of
-    p_k^2 with the true chips over the same with scrambled chips (host only). About 1 where no mark
-    lines up with the carriers, well above 1 at the mark's alignment; comparable across scales.
-    `bands` [K]: the band weights (`band_weights`, computed here when None)."""
+def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout, alignment: Alignment,
+                  bands: np.ndarray) -> tuple[np.ndarray, float]:
+    """Bit statistics [n_bits] of a frame-mean luma [H, W] at `alignment` (equal to the mean of the
+    per-frame statistics, by linearity) and their coherence score: mean p_k^2 with the true chips over
+    the same with scrambled chips (host only) - about 1 where no mark lines up with the carriers, well
+    above 1 at the mark's alignment, comparable across scales. `bands` [K]: the band weights."""
     nb, b = config.work_size // config.block, config.block
     canvas, coverage = to_canvas(mean_luma, config.work_size, alignment)
     planes = _band_planes(canvas, config)
     block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
-    bands = band_weights(planes[None], block_full) if bands is None else bands
-    weight = (np.tile(bands, nb * nb)
-              * np.repeat(block_full.reshape(-1), len(config.band))).astype(np.float64)
+    weight = (np.tile(bands, nb * nb) * np.repeat(block_full.reshape(-1), len(config.band))).astype(np.float64)
     x = planes.reshape(-1).astype(np.float64)
     n_bits = layout.count.size
     den = np.maximum(np.bincount(layout.bit_of, weights=weight, minlength=n_bits), 1e-9)
-    marked = np.bincount(layout.bit_of, weights=layout.chip * x * weight, minlength=n_bits) / den
+    soft = np.bincount(layout.bit_of, weights=layout.chip * x * weight, minlength=n_bits) / den
     scrambled = np.bincount(layout.bit_of, weights=_scramble(layout.bit_of.size) * layout.chip * x * weight,
                             minlength=n_bits) / den
-    return float(np.mean(marked ** 2) / max(np.mean(scrambled ** 2), 1e-12))
+    return soft, float(np.mean(soft ** 2) / max(np.mean(scrambled ** 2), 1e-12))
+
+
+def alignment_score(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
+                    alignment: Alignment) -> float:
+    """The coherence score of `_aligned_soft` (band weights from the whole frame)."""
+    bands = band_weights(_band_planes(to_canvas(mean_luma, config.work_size)[0], config)[None])
+    return _aligned_soft(mean_luma, config, layout, alignment, bands)[1]
 
 
 @functools.lru_cache(maxsize=4)
@@ -494,10 +510,34 @@ def _scramble(m: int) -> np.ndarray:
     return np.random.default_rng(0x5C4A).choice(np.array([-1.0, 1.0]), size=m)
 
 
-def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: CarrierLayout) -> list[tuple[float, Alignment]]:
-    """Crop alignments best first, [(score, alignment)]: for every kept fraction the four corner offsets
-    and the offset the sync pattern correlates best with, scored by `alignment_score`, then the best
-    few refined by a local search over offset (+-1 px per step) and scale (+-0.5%)."""
+def _candidate_scales(height: int, width: int, config: InvisibleConfig) -> list[tuple[float, float]]:
+    """Kept fractions (sy, sx) to search: equal per axis, and, for a non-square crop, the ones that make
+    the original square (the product renders square frames)."""
+    scales = []
+    longest = max(height, width)
+    for s in (1.0, *config.crop_scales):
+        scales.append((s, s))
+        if height != width:
+            scales.append((round(s * height / longest, 4), round(s * width / longest, 4)))
+    return [sc for sc in dict.fromkeys(scales) if sc != (1.0, 1.0)]
+
+
+def _sync_offset(z: np.ndarray, template_f: np.ndarray, size: int) -> tuple[int, int]:
+    """Offset (oy, ox) of a resized luma [hh, ww] on the canvas that best matches the sync pattern."""
+    hh, ww = z.shape
+    canvas = np.zeros((size, size), dtype=np.float32)
+    canvas[:hh, :ww] = z - cv2.GaussianBlur(z, (0, 0), 3.0)
+    corr = np.fft.irfft2(np.conj(np.fft.rfft2(canvas)) * template_f, s=(size, size))[:size - hh + 1, :size - ww + 1]
+    oy, ox = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    return int(oy), int(ox)
+
+
+def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
+                       message_bytes: int) -> list[Alignment]:
+    """Crop alignments to decode, most promising first. Candidates: for every kept fraction the four
+    corner offsets and the offset the sync pattern correlates best with. Those whose frame-mean
+    statistics already decode come first (best coherence score first), then the best-scoring others;
+    each is refined by a local search over offset (+-1 px) and scale (+-0.5%) on the score."""
     s = config.work_size
     template_f = np.fft.rfft2(_sync_template(config, layout))
     mean_luma = lumas.mean(axis=0)
@@ -507,9 +547,15 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
         hh, ww = int(round(s * sy)), int(round(s * sx))
         offsets = {(0, 0), (0, s - ww), (s - hh, 0), (s - hh, s - ww), _sync_offset(resize(mean_luma, hh, ww), template_f, s)}
         candidates.update((sy, sx, oy, ox) for oy, ox in offsets)
-    scored = sorted(((alignment_score(mean_luma, config, layout, a, bands), a) for a in candidates), key=lambda v: -v[0])
+    decoded, scored = [], []
+    for alignment in candidates:
+        soft, score = _aligned_soft(mean_luma, config, layout, alignment, bands)
+        scored.append((score, alignment))
+        if _decode(soft, message_bytes, config) is not None:
+            decoded.append((score, alignment))
+    order = sorted(decoded, key=lambda v: -v[0])[:4] + sorted(scored, key=lambda v: -v[0])[:config.candidates_decoded]
     refined = []
-    for score, (sy, sx, oy, ox) in scored[:config.candidates_decoded]:
+    for score, (sy, sx, oy, ox) in order:
         best = (score, (sy, sx, oy, ox))
         for _ in range(2):  # coordinate ascent
             _, (by, bx, boy, box) = best
@@ -519,15 +565,15 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
                 for dy in range(-1, 2):
                     for dx in range(-1, 2):
                         a = (nsy, nsx, boy + dy, box + dx)
-                        if nsy > 1.0 or nsx > 1.0 or a[2] < 0 or a[3] < 0 or a[2] + hh > s or a[3] + ww > s:
+                        if (dsy and (dy or dx)) or nsy > 1.0 or nsx > 1.0 or min(a[2], a[3]) < 0 \
+                                or a[2] + hh > s or a[3] + ww > s:
                             continue
-                        if dsy and (dy or dx):
-                            continue
-                        sc = alignment_score(mean_luma, config, layout, a, bands)
+                        sc = _aligned_soft(mean_luma, config, layout, a, bands)[1]
                         if sc > best[0]:
                             best = (sc, a)
-        refined.append(best)
-    return sorted(refined, key=lambda v: -v[0])
+        if best[1] not in refined:
+            refined.append(best[1])
+    return refined
 
 
 def detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleConfig = InvisibleConfig(),
@@ -548,7 +594,7 @@ def detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleCon
     best = at(IDENTITY)
     if best.segments or not search_crops:
         return best
-    for _, alignment in _search_alignments(lumas, config, layout)[:config.candidates_decoded]:
+    for alignment in _search_alignments(lumas, config, layout, message_bytes):
         found = at(alignment)
         if found.segments:
             return found

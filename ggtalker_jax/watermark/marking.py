@@ -22,10 +22,11 @@ from ggtalker_jax import media
 from ggtalker_jax.watermark import coding, content, invisible
 from ggtalker_jax.watermark.keys import Signer
 from ggtalker_jax.watermark.payload import FRAME_MESSAGE_BYTES, Payload, SignedRecord
-from ggtalker_jax.watermark.visible import VisibleMarkConfig, draw_visible_mark, overlay_layers, overlay_score
+from ggtalker_jax.watermark.visible import (VisibleMarkConfig, draw_visible_mark, mark_box, overlay_layers,
+                                            overlay_score)
 
 VALID, NO_MARK, BAD_SIGNATURE, CONTENT_MISMATCH = "valid", "no_mark", "bad_signature", "content_mismatch"
-VISIBLE_MIN_SCORE = 0.4  # overlay_score of a present overlay (about 0 without it)
+VISIBLE_MIN_SCORE = 0.4  # overlay_score: <= 0.25 without the overlay, >= 0.5 with it (sample clips)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,16 +130,20 @@ def _check_visible(frames: np.ndarray, payload: Payload, alignment, work_size: i
     h0, w0 = payload.frame_size
     overlay = VisibleMarkConfig.from_record(payload.visible_overlay)
     box_alpha, text_alpha = overlay_layers(h0, w0, overlay)
-    canvas_box = invisible.resize((box_alpha > 0).astype(np.float32), work_size, work_size) > 0.5
+    x0, y0, x1, y1, _, _ = mark_box(h0, w0, overlay)
+    box_mask = np.zeros((h0, w0), np.float32)
+    box_mask[y0:y1, x0:x1] = 1.0
+    canvas_box = invisible.resize(box_mask, work_size, work_size) > 0.5
     _, coverage = invisible.to_canvas(np.zeros(frames.shape[1:3], np.float32), work_size, alignment)
     if not canvas_box.any() or coverage[canvas_box].min() < 1.0:
         return {"claimed": True, "checked": False, "found": None, "score": None,
                 "note": "the overlay's corner is outside the observed (cropped) frames"}
-    canvas_text = invisible.resize(text_alpha, work_size, work_size)
-    expected = invisible.from_canvas(canvas_text, frames.shape[1], frames.shape[2], alignment)
+    h, w = frames.shape[1:3]
+    expected_text = invisible.from_canvas(invisible.resize(text_alpha, work_size, work_size), h, w, alignment)
+    expected_box = invisible.from_canvas(invisible.resize(box_alpha, work_size, work_size), h, w, alignment)
     step = max(1, len(frames) // 25)
     median = np.median(np.stack([invisible.luma(f) for f in frames[::step]]), axis=0)
-    score = overlay_score(median, expected)
+    score = overlay_score(median, expected_text, expected_box)
     if np.isnan(score):
         return {"claimed": True, "checked": False, "found": None, "score": None,
                 "note": "the frames are too small to check the overlay"}

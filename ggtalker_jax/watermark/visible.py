@@ -82,29 +82,48 @@ def draw_visible_mark(frames: np.ndarray, config: VisibleMarkConfig = VisibleMar
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def overlay_score(median_luma: np.ndarray, text_alpha: np.ndarray, max_shift: int = 2) -> float:
-    """How much observed luma [h, w] looks like the expected overlay text (text alpha [h, w] mapped onto
-    the observed frame): the best normalised cross-correlation, over shifts of up to `max_shift` pixels,
-    between luma and the (slightly blurred) text inside the text's bounding box. About 0 for frames
-    without the overlay, 0.5-0.9 with it (also after re-encoding and rescaling); NaN when the expected
-    text is too small to check (< 4 pixels)."""
-    ys, xs = np.nonzero(text_alpha > 0.2)
-    if ys.size < 4:
-        return float("nan")
-    pad = max_shift + 2
-    y0, y1 = max(0, ys.min() - pad), min(text_alpha.shape[0], ys.max() + 1 + pad)
-    x0, x1 = max(0, xs.min() - pad), min(text_alpha.shape[1], xs.max() + 1 + pad)
-    template = cv2.GaussianBlur(text_alpha.astype(np.float32), (0, 0), 0.7)[y0:y1, x0:x1]
-    template = template - template.mean()
+def _best_correlation(observed: np.ndarray, template: np.ndarray, region: tuple[int, int, int, int],
+                      max_shift: int) -> float:
+    """Best normalised cross-correlation of `observed` with `template` [same shape] over `region`
+    (y0, y1, x0, x1) shifted by up to `max_shift` pixels."""
+    y0, y1, x0, x1 = region
+    t = template[y0:y1, x0:x1].astype(np.float32)
+    t = t - t.mean()
     best = -1.0
-    h, w = median_luma.shape
+    h, w = observed.shape
     for dy in range(-max_shift, max_shift + 1):
         for dx in range(-max_shift, max_shift + 1):
             if y0 + dy < 0 or x0 + dx < 0 or y1 + dy > h or x1 + dx > w:
                 continue
-            patch = median_luma[y0 + dy:y1 + dy, x0 + dx:x1 + dx].astype(np.float32)
+            patch = observed[y0 + dy:y1 + dy, x0 + dx:x1 + dx].astype(np.float32)
             patch = patch - patch.mean()
-            denom = np.sqrt(np.sum(patch ** 2) * np.sum(template ** 2))
+            denom = np.sqrt(np.sum(patch ** 2) * np.sum(t ** 2))
             if denom > 1e-6:
-                best = max(best, float(np.sum(patch * template) / denom))
+                best = max(best, float(np.sum(patch * t) / denom))
     return best
+
+
+def overlay_score(median_luma: np.ndarray, text_alpha: np.ndarray, box_alpha: np.ndarray | None = None,
+                  max_shift: int = 2) -> float:
+    """How much observed luma [h, w] looks like the expected overlay (text alpha and box alpha [h, w]
+    mapped onto the observed frame): the best normalised cross-correlation, over shifts of up to
+    `max_shift` pixels, with (a) the text alone inside its bounding box and (b) the whole overlay (box
+    darkening + text over a mid-grey host) inside the box plus a margin. Measured on the sample clips:
+    <= 0.25 without the overlay, >= 0.5 with it, also after CRF 28 or 0.5x + CRF 23. NaN when the
+    expected text is too small to check (< 4 pixels)."""
+    ys, xs = np.nonzero(text_alpha > 0.2)
+    if ys.size < 4:
+        return float("nan")
+    h, w = text_alpha.shape
+    pad = max_shift + 2
+    text_region = (max(0, ys.min() - pad), min(h, ys.max() + 1 + pad), max(0, xs.min() - pad), min(w, xs.max() + 1 + pad))
+    score = _best_correlation(median_luma, cv2.GaussianBlur(text_alpha.astype(np.float32), (0, 0), 0.7),
+                              text_region, max_shift)
+    if box_alpha is not None and np.any(box_alpha > 0.01):
+        bys, bxs = np.nonzero(box_alpha > 0.01)
+        margin = max(2, int(0.3 * (bys.max() - bys.min() + 1))) + max_shift
+        region = (max(0, bys.min() - margin), min(h, bys.max() + 1 + margin),
+                  max(0, bxs.min() - margin), min(w, bxs.max() + 1 + margin))
+        expected = (1.0 - box_alpha) * (1.0 - text_alpha) * 128.0 + text_alpha * 255.0
+        score = max(score, _best_correlation(median_luma, expected, region, max_shift))
+    return score
