@@ -200,7 +200,7 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
     with open(out / ds.META, "w") as f:
         json.dump(meta, f, indent=2)
     if write_video:
-        from ggtalker_jax.data import media
+        from ggtalker_jax import media
         media.write_mp4(str(out / "source.mp4"), frames, fps=FPS, audio=(wav, SAMPLE_RATE))
     return {"dir": str(out), "frames": num, "size": size, "gaussians": m}
 

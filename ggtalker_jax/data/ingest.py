@@ -28,7 +28,7 @@ from ggtalker_jax.data import crop as crop_lib
 from ggtalker_jax.data import dataset as ds
 from ggtalker_jax.data import landmarks as lm_lib
 from ggtalker_jax.data import masks as masks_lib
-from ggtalker_jax.data import media
+from ggtalker_jax import media
 from ggtalker_jax.errors import MediaError, RefusedError
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ggtalker_jax.audio.io import ffmpeg_exe, load_audio
-from ggtalker_jax.data import media
+from ggtalker_jax import media
 from ggtalker_jax.errors import MediaError
 
 
