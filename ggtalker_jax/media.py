@@ -42,10 +42,30 @@ class VideoInfo:
     comment: str = ""  # the container's `comment` tag ("" when absent; the watermark's signed record)
 
 
+def _streams(path: pathlib.Path) -> tuple[str, list[str]]:
+    """(container format name, the `Stream #...` lines) ffmpeg reports for `path` ("" / [] if unreadable)."""
+    res = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True,
+                         check=False)
+    text = res.stderr.decode(errors="replace")
+    fmt = next((line.split(",")[1].strip() for line in text.splitlines() if line.startswith("Input #")), "")
+    return fmt, [line.strip() for line in text.splitlines() if line.strip().startswith("Stream #")]
+
+
+STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif")
+
+
 def _header(path: pathlib.Path) -> dict[str, Any]:
     import imageio_ffmpeg
 
     _check_file(path)
+    fmt, streams = _streams(path)
+    has_video = any(": Video:" in s for s in streams)
+    if streams and not has_video:
+        raise MediaError(f"{path}: has no video stream (only {'audio' if any(': Audio:' in s for s in streams) else 'other'} "
+                         "streams); give a video of the person talking")
+    if has_video and (fmt in STILL_IMAGE_FORMATS or any("attached pic" in s for s in streams) and len(streams) == 1):
+        raise MediaError(f"{path}: is a still image ({fmt}), not a video; give a video of the person talking "
+                         "(a few minutes, with its sound)")
     gen = imageio_ffmpeg.read_frames(str(path))
     try:
         meta = next(gen)

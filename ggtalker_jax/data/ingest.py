@@ -129,6 +129,12 @@ def prepare(video_path: str | os.PathLike, out_dir: str | os.PathLike, size: int
                          "use a video where one face is visible, frontal and reasonably lit (a face smaller than "
                          "~5% of the frame height may be missed: crop the video around the person first)")
     num_frames = len(found)
+    # A truncated file (e.g. a faststart mp4 cut short) still announces its full duration: compare.
+    if num_frames < est - max(3, 0.02 * est):
+        raise MediaError(f"{video_path}: truncated? the container says {est / fps:.2f} s of video but only "
+                         f"{num_frames / fps:.2f} s decode; re-download or re-encode the file "
+                         "(`ffmpeg -i in.mp4 -c:v libx264 -c:a aac out.mp4`), or pass --max_seconds to use the "
+                         "part that decodes")
     if num_frames < ds.MIN_FRAMES:
         raise MediaError(f"{video_path}: only {num_frames} frames at {fps} fps; need >= {ds.MIN_FRAMES} for the "
                          "train/test split (use a longer clip)")
