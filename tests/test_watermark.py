@@ -426,9 +426,7 @@ def test_cli_no_key_and_key_file_typo_exit_6(marked_mp4, tmp_path, capsys, monke
 
 
 def test_cli_flags_are_absl_underscores_and_help_lists_them(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        ggtalker_cli.main(["watermark", "detect", "--help"])
-    assert exit_info.value.code == 0
+    assert ggtalker_cli.main(["watermark", "detect", "--help"]) == 0
     text = capsys.readouterr().out
     for name in ("--max_frames", "--key_file", "--key_type"):
         assert name in text
@@ -436,9 +434,9 @@ def test_cli_flags_are_absl_underscores_and_help_lists_them(capsys):
     text = capsys.readouterr().out
     for name in ("--max_frames", "--subject_id", "--[no]visible_mark", "--min_psnr", "--crf", "Exit codes"):
         assert name in text
-    with pytest.raises(SystemExit) as exit_info:
-        ggtalker_cli.main(["watermark", "detect", "x.mp4", "--max-frames", "0"])  # the old dashed spelling
-    assert exit_info.value.code == 2
+    # the old dashed spelling is a flag error (2) that names the flag
+    assert ggtalker_cli.main(["watermark", "detect", "x.mp4", "--max-frames", "0"]) == 2
+    assert "max-frames" in capsys.readouterr().err
     assert ggtalker_cli.main(["watermark", "detect"]) == 2
 
 

@@ -1,4 +1,4 @@
-"""`ggtalker watermark detect|embed` (absl flags); also `python -m ggtalker_jax.watermark.cli ...`.
+"""`ggtalker watermark detect|embed` (absl flags); also `python -m ggtalker_jax.cli.watermark ...`.
 
     ggtalker watermark detect FILE.mp4 [--max_frames 75] [--key_file PATH] [--key_type hmac|ed25519]
     ggtalker watermark embed IN.mp4 OUT.mp4 [--subject_id ID] [--audio WAV] [--novisible_mark] ...
@@ -16,6 +16,7 @@ import sys
 
 from absl import flags
 
+from ggtalker_jax.cli.flags import parse_flags
 from ggtalker_jax.watermark import marking
 from ggtalker_jax.watermark.invisible import InvisibleConfig
 from ggtalker_jax.watermark.keys import KeyNotConfiguredError, load_key
@@ -64,8 +65,6 @@ def usage(prog: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """argv[0] is the program name (as `ggtalker`'s dispatcher and sys.argv give it)."""
-    from ggtalker_jax.cli import parse_flags
-
     argv = list(sys.argv if argv is None else argv)
     prog = argv[0] if argv else "ggtalker watermark"
     rest = argv[1:]
