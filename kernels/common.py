@@ -70,6 +70,13 @@ class TileGrid:
     conventions: Conventions = GSPLAT
     interpret: bool = True  # Pallas interpreter (any platform) instead of Triton
     tuning: KernelTuning = KernelTuning()  # see `default_tuning`
+    # Backward stores: stacked reductions + masked vector stores (the Triton code) or per-value sums and
+    # scalar stores (fast in the interpreter). None: vector stores exactly when compiled.
+    vector_store_mode: bool | None = None
+
+    @property
+    def vector_stores(self) -> bool:
+        return not self.interpret if self.vector_store_mode is None else self.vector_store_mode
 
     @property
     def n_tiles(self) -> int:

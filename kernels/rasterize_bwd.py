@@ -36,26 +36,44 @@ def _power_of_two_parts(n: int) -> tuple[int, ...]:
     return tuple(1 << b for b in reversed(range(n.bit_length())) if n >> b & 1)
 
 
-def _stack_tree(vectors):
-    """Stack 2^m arrays of one shape S into S + (2,) * m; vector i lands at flat index i (`_tree_index`)."""
-    while len(vectors) > 1:
-        vectors = [jnp.stack([vectors[i], vectors[i + 1]], axis=-1) for i in range(0, len(vectors), 2)]
-    return vectors[0]
+def _bit_reverse(i: int, bits: int) -> int:
+    return int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
 
 
-def _tree_index(n: int):
-    """[2] * log2(n) int32: which input of `_stack_tree` (n inputs) sits at each position of its trailing axes.
+def _stack_blocks(vectors, shape):
+    """Stack 2^m arrays of shape [P] into [P, *shape] (prod(shape) = 2^m) in C order of `vectors`.
 
-    Level l of the tree stacks pairs along a new last axis, so the axis created at level l (axis l of the
-    trailing axes) has stride 2^l in the input order.
+    Only pairwise stacks along a new last axis lower to Triton (`join`, which keeps the new axes inside
+    each thread); a tree of them puts the first level on the first trailing axis, so the inputs go in
+    bit-reversed order to come out in C order.
     """
-    levels = n.bit_length() - 1
-    index = jnp.zeros((2,) * levels, jnp.int32)
-    for level in range(levels):
-        shape = [1] * levels
-        shape[level] = 2
-        index = index + jax.lax.broadcasted_iota(jnp.int32, tuple(shape), level) * (1 << level)
-    return index
+    bits = len(vectors).bit_length() - 1
+    level = [vectors[_bit_reverse(i, bits)] for i in range(len(vectors))]
+    while len(level) > 1:
+        level = [jnp.stack([level[i], level[i + 1]], axis=-1) for i in range(0, len(level), 2)]
+    stacked = level[0]
+    return stacked.reshape(stacked.shape[:1] + tuple(shape))
+
+
+def _store_columns(ref, row: int, col, values, first_valid, end_valid):
+    """ref[row:row + size, col:col + K] = values [size, K] (one masked vector store) where the slot
+    col + k - K lies in [first_valid, end_valid)."""
+    size, k_batch = values.shape
+    slots = col - k_batch + jax.lax.broadcasted_iota(jnp.int32, (1, k_batch), 1)
+    pallas_triton.store(ref.at[pl.ds(row, size), pl.ds(col, k_batch)], values,
+                        mask=(slots >= first_valid) & (slots < end_valid))
+
+
+def _store_scalars(ref, row: int, col, values, first_valid, end_valid):
+    """As `_store_columns` from values[q][k] scalars, one unmasked scalar store each, masked-off ones sent to
+    the spare column 0. (In the Pallas interpreter a masked or block store reads the old values and makes
+    it copy the whole output array; a plain scalar store stays in place.)"""
+    k_batch = len(values[0])
+    for k in range(k_batch):
+        slot = col - k_batch + k
+        target = jnp.where((slot >= first_valid) & (slot < end_valid), col + k, 0)
+        for q, per_k in enumerate(values):
+            ref[row + q, target] = per_k[k]
 
 
 def _backward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, colors_ref, t_final_ref, last_ref,
@@ -74,12 +92,16 @@ def _backward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, co
     g_colors = tuple(g_colors_ref[d, :] for d in range(depth_channels))  # D x [P]
     g_t_term = g_t_final_ref[...] * t_final  # [P]
     tile_last = jnp.max(last)  # slots after the tile's last contributor get zero gradient
-    rows = jax.lax.broadcasted_iota(jnp.int32, (k_batch,), 0)
 
     def zero_batch(b, carry):
-        slots = tile_last + 1 + b * k_batch + rows
-        for q in range(n_rows):
-            pallas_triton.store(d_rows_ref.at[q, slots], jnp.zeros((k_batch,), jnp.float32), mask=slots < end)
+        lo = tile_last + 1 + b * k_batch
+        if grid.vector_stores:
+            row = 0
+            for size in _power_of_two_parts(n_rows):
+                _store_columns(d_rows_ref, row, lo + k_batch, jnp.zeros((size, k_batch), jnp.float32), start, end)
+                row += size
+        else:
+            _store_scalars(d_rows_ref, 0, lo + k_batch, [[jnp.float32(0.0)] * k_batch] * n_rows, start, end)
         return carry
 
     jax.lax.fori_loop(0, (end - tile_last - 1 + k_batch - 1) // k_batch, zero_batch, 0)
@@ -120,16 +142,16 @@ def _backward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, co
         for k in range(k_batch):
             terms, trans, behind = one_gaussian(hi - k, geoms[k], colors[k], trans, behind)
             per_gaussian.append(terms)
+        lo = hi - k_batch + 1  # the step's slots lo .. hi, stored in ascending order
+        ascending = per_gaussian[::-1]  # slots lo .. hi
+        if not grid.vector_stores:
+            totals = [[jnp.sum(terms[q]) for terms in ascending] for q in range(n_rows)]
+            _store_scalars(d_rows_ref, 0, lo + k_batch, totals, start, end)
         row = 0
-        for size in _power_of_two_parts(n_rows):
-            block = [per_gaussian[k][row + q] for k in range(k_batch) for q in range(size)]
-            if len(block) == 1:
-                pallas_triton.store(d_rows_ref.at[row, hi], jnp.sum(block[0]), mask=hi >= start)
-            else:
-                index = _tree_index(len(block))  # = k * size + q
-                slots = hi - index // size
-                pallas_triton.store(d_rows_ref.at[row + index % size, slots], jnp.sum(_stack_tree(block), axis=0),
-                                    mask=slots >= start)
+        for size in _power_of_two_parts(n_rows) if grid.vector_stores else ():
+            block = [ascending[k][row + q] for q in range(size) for k in range(k_batch)]
+            totals = jnp.sum(_stack_blocks(block, (size, k_batch)), axis=0)  # [size, K]
+            _store_columns(d_rows_ref, row, lo + k_batch, totals, start, end)
             row += size
         return trans, behind, *prefetched
 
@@ -154,7 +176,11 @@ def rasterize_tiles_bwd(grid: TileGrid, tile_starts, tile_ends, flat_ids, geom, 
     whole = lambda shape: pl.BlockSpec(shape, lambda t: (0,) * len(shape))  # noqa: E731
     tile_vec = pl.BlockSpec((None, n_pix), lambda t: (t, 0))
     tile_mat = pl.BlockSpec((None, depth_channels, n_pix), lambda t: (t, 0, 0))
-    out_shape = (GEOM_COLUMNS + depth_channels, capacity)
+    # Columns are slots shifted by K, with K spare columns at each end: every step stores K contiguous
+    # columns, and the first / last steps of a tile may reach K - 1 slots beyond the list (column 0 also
+    # takes the interpreter's masked-off stores).
+    pad = grid.tuning.backward_batch
+    out_shape = (GEOM_COLUMNS + depth_channels, capacity + 2 * pad)
     return pl.pallas_call(
         functools.partial(_backward_kernel, grid),
         grid=(n_prog,),
@@ -165,4 +191,4 @@ def rasterize_tiles_bwd(grid: TileGrid, tile_starts, tile_ends, flat_ids, geom, 
         interpret=grid.interpret,
         compiler_params=grid.tuning.backward_params(),
         name="gaussian_rasterize_bwd",
-    )(tile_starts, tile_ends, flat_ids, geom, colors, t_final, last, g_colors, g_t_final)
+    )(tile_starts, tile_ends, flat_ids, geom, colors, t_final, last, g_colors, g_t_final)[:, pad:pad + capacity]
