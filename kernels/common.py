@@ -70,13 +70,14 @@ class TileGrid:
     conventions: Conventions = GSPLAT
     interpret: bool = True  # Pallas interpreter (any platform) instead of Triton
     tuning: KernelTuning = KernelTuning()  # see `default_tuning`
-    # Backward stores: stacked reductions + masked vector stores (the Triton code) or per-value sums and
-    # scalar stores (fast in the interpreter). None: vector stores exactly when compiled.
-    vector_store_mode: bool | None = None
+    # Code paths written for Triton (prefetching loads, stacked reductions with masked vector stores) or
+    # for the Pallas interpreter (direct loads, per-value sums with scalar stores: several times faster
+    # there); same results. None: the Triton paths exactly when compiled (True in the interpreter tests them).
+    triton_paths: bool | None = None
 
     @property
-    def vector_stores(self) -> bool:
-        return not self.interpret if self.vector_store_mode is None else self.vector_store_mode
+    def compiled_paths(self) -> bool:
+        return not self.interpret if self.triton_paths is None else self.triton_paths
 
     @property
     def n_tiles(self) -> int:

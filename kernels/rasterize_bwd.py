@@ -13,7 +13,9 @@ over the tile's pixels. The Q per-pixel terms of the K Gaussians of one step are
 power of two in Q, and each block is reduced over the pixels at once: a step pays a few block-wide
 reductions (and their barriers) instead of Q per Gaussian, and stores its K x Q results with one vector
 store per block. The loads of the next step's Gaussians are issued before the current step's arithmetic
-(software pipelining by hand: Triton does not pipeline scalar loads).
+(software pipelining by hand: Triton does not pipeline scalar loads). `grid.compiled_paths` selects these
+Triton-shaped paths; the interpreter's own (direct loads, per-value sums, scalar stores) is several times
+faster there and gives the same results.
 
 Accumulation across tiles: every intersection slot belongs to exactly one tile, so each program writes the
 gradient of its own slots (per-intersection rows, no write conflicts) and the caller reduces them over
@@ -95,7 +97,7 @@ def _backward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, co
 
     def zero_batch(b, carry):
         lo = tile_last + 1 + b * k_batch
-        if grid.vector_stores:
+        if grid.compiled_paths:
             row = 0
             for size in _power_of_two_parts(n_rows):
                 _store_columns(d_rows_ref, row, lo + k_batch, jnp.zeros((size, k_batch), jnp.float32), start, end)
@@ -111,10 +113,13 @@ def _backward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, co
         return tuple(ids_ref[jnp.maximum(hi - k, 0)] for k in range(k_batch))
 
     def fetch(ids):
-        """Geometry rows and colours of the Gaussians `ids`."""
+        """Geometry rows and colours of the Gaussians `ids` (interpreted: colours as [D, 1] arrays)."""
         ids = [jnp.minimum(g, last_gaussian) for g in ids]
-        return (tuple(tuple(geom_ref[g, q] for q in range(GEOM_COLUMNS)) for g in ids),
-                tuple(tuple(colors_ref[g, d] for d in range(depth_channels)) for g in ids))
+        if grid.compiled_paths:
+            colors = tuple(tuple(colors_ref[g, d] for d in range(depth_channels)) for g in ids)
+        else:
+            colors = tuple(colors_ref[g, :][:, None] for g in ids)
+        return tuple(tuple(geom_ref[g, q] for q in range(GEOM_COLUMNS)) for g in ids), colors
 
     def one_gaussian(j, geom, colors, trans, behind):
         """Gradient terms [P] (Q of them) of slot j; updated T in front of j and B."""
@@ -134,29 +139,64 @@ def _backward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, co
         behind = tuple(b_d + weight * c_d for b_d, c_d in zip(behind, colors))
         return terms, trans, behind
 
+    g_colors_block = g_colors_ref[...]  # [D, P]
+
+    def one_gaussian_interpreted(j, geom, color, trans, behind):
+        """`one_gaussian` with the channels as one [D, P] block (fewer, larger ops for the interpreter);
+        color [D, 1], behind [D, P]; the colour terms come back as one [D, P] entry."""
+        mx, my, a, b, c, _ = geom
+        dx, dy, _, vis, raw_alpha, alpha, ok = gaussian_alpha(grid, *geom, px, py)
+        valid = ok & (j <= last) & (j >= start)
+        inv_keep = 1.0 / (1.0 - alpha)
+        trans = jnp.where(valid, trans * inv_keep, trans)
+        weight = jnp.where(valid, alpha * trans, 0.0)
+        d_alpha = jnp.sum(g_colors_block * (color * trans - behind * inv_keep), axis=0) - g_t_term * inv_keep
+        d_alpha = jnp.where(valid & (raw_alpha <= alpha_max), d_alpha, 0.0)
+        d_sigma = -raw_alpha * d_alpha
+        terms = [d_sigma * (a * dx + b * dy), d_sigma * (b * dx + c * dy), 0.5 * d_sigma * dx * dx,
+                 d_sigma * dx * dy, 0.5 * d_sigma * dy * dy, vis * d_alpha, weight * g_colors_block]
+        return terms, trans, behind + weight * color
+
+    # Compiled: the next step's loads are issued before this step's arithmetic and carried (the pipe);
+    # interpreted: direct loads (carrying them makes the interpreter slower).
+    def pipe_start():
+        return (fetch(fetch_ids(tile_last)), fetch_ids(tile_last - k_batch)) if grid.compiled_paths else ()
+
+    def pipe_step(hi, pipe):
+        """(geometry rows, colours) of the slots hi, hi - 1, ... and the next pipe state."""
+        if not grid.compiled_paths:
+            return (*fetch(fetch_ids(hi)), ())
+        (geoms, colors), next_ids = pipe
+        return geoms, colors, (fetch(next_ids), fetch_ids(hi - 2 * k_batch))
+
     def batch_step(step, carry):
-        trans, behind, (geoms, colors), next_ids = carry
+        trans, behind, pipe = carry
         hi = tile_last - step * k_batch
-        prefetched = (fetch(next_ids), fetch_ids(hi - 2 * k_batch))
+        geoms, colors, pipe = pipe_step(hi, pipe)
         per_gaussian = []
         for k in range(k_batch):
-            terms, trans, behind = one_gaussian(hi - k, geoms[k], colors[k], trans, behind)
+            step_fn = one_gaussian if grid.compiled_paths else one_gaussian_interpreted
+            terms, trans, behind = step_fn(hi - k, geoms[k], colors[k], trans, behind)
             per_gaussian.append(terms)
         lo = hi - k_batch + 1  # the step's slots lo .. hi, stored in ascending order
         ascending = per_gaussian[::-1]  # slots lo .. hi
-        if not grid.vector_stores:
-            totals = [[jnp.sum(terms[q]) for terms in ascending] for q in range(n_rows)]
-            _store_scalars(d_rows_ref, 0, lo + k_batch, totals, start, end)
+        if not grid.compiled_paths:
+            sums = [[jnp.sum(t) for t in terms[:GEOM_COLUMNS]] + list(jnp.sum(terms[-1], axis=1))
+                    for terms in ascending]
+            _store_scalars(d_rows_ref, 0, lo + k_batch, [[s[q] for s in sums] for q in range(n_rows)], start, end)
         row = 0
-        for size in _power_of_two_parts(n_rows) if grid.vector_stores else ():
+        for size in _power_of_two_parts(n_rows) if grid.compiled_paths else ():
             block = [ascending[k][row + q] for q in range(size) for k in range(k_batch)]
             totals = jnp.sum(_stack_blocks(block, (size, k_batch)), axis=0)  # [size, K]
             _store_columns(d_rows_ref, row, lo + k_batch, totals, start, end)
             row += size
-        return trans, behind, *prefetched
+        return trans, behind, pipe
 
-    init = (t_final, tuple(jnp.zeros_like(t_final) for _ in range(depth_channels)), fetch(fetch_ids(tile_last)),
-            fetch_ids(tile_last - k_batch))
+    if grid.compiled_paths:
+        behind0 = tuple(jnp.zeros_like(t_final) for _ in range(depth_channels))
+    else:
+        behind0 = jnp.zeros((depth_channels, t_final.shape[0]), jnp.float32)
+    init = (t_final, behind0, pipe_start())
     jax.lax.fori_loop(0, (tile_last - start + k_batch) // k_batch, batch_step, init)
 
 

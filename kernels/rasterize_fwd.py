@@ -3,8 +3,9 @@
 One program per (camera, tile); the tile's P = tile_size^2 pixels are one vector. The program walks its
 [start, end) range of the sorted intersection list in chunks of `tuning.forward_chunk` Gaussians and leaves
 the chunk loop as soon as every pixel is done. Per Gaussian it reads the id, then the geometry row and each
-colour channel with scalar loads, and keeps one [P] accumulator per channel: every value in the loop is a
-[P] vector or a scalar, so the loop body needs no layout conversion (no barrier) in Triton.
+colour channel with scalar loads (compiled: one Gaussian ahead), and keeps one [P] accumulator per
+channel: every value in the loop is a [P] vector or a scalar, so the loop body needs no layout conversion
+(no barrier) in Triton.
 
 Outputs per pixel: colour without background [D, P], final transmittance T [P] and the sorted-list index of
 the last blended Gaussian [P] (start - 1 when none); the backward kernel needs the latter two.
@@ -41,10 +42,24 @@ def _forward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, col
         return (tuple(geom_ref[g, k] for k in range(GEOM_COLUMNS)),
                 tuple(colors_ref[g, d] for d in range(depth_channels)))
 
+    # Software pipelining (compiled code): the loads of Gaussian j + 1 (and the id of j + 2) are issued
+    # before j's arithmetic and carried to the next step. The interpreter loads directly (carrying the
+    # prefetched scalars makes it slower); `grid.compiled_paths` picks.
+    def pipe_start(j):
+        if not grid.compiled_paths:
+            return ()
+        return (*fetch(ids_ref[jnp.minimum(j, last_slot)]), ids_ref[jnp.minimum(j + 1, last_slot)])
+
+    def pipe_step(j, pipe):
+        """(geometry, colours) of slot j and the next pipe state."""
+        if not grid.compiled_paths:
+            return (*fetch(ids_ref[j]), ())
+        geom, colors, next_id = pipe
+        return geom, colors, (*fetch(next_id), ids_ref[jnp.minimum(j + 2, last_slot)])
+
     def gaussian_step(j, carry):
-        trans, acc, last, done, (geom, colors, next_id) = carry
-        # Software pipelining: issue the loads of Gaussian j + 1 (and the id of j + 2) before using j's.
-        prefetched = (*fetch(next_id), ids_ref[jnp.minimum(j + 2, last_slot)])
+        trans, acc, last, done, pipe = carry
+        geom, colors, pipe = pipe_step(j, pipe)
         _, _, _, _, _, alpha, ok = gaussian_alpha(grid, *geom, px, py)
         ok = ok & ~done
         next_trans = trans * (1.0 - alpha)
@@ -54,7 +69,7 @@ def _forward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, col
         acc = tuple(acc_d + weight * color for acc_d, color in zip(acc, colors))
         trans = jnp.where(blend, next_trans, trans)
         last = jnp.where(blend, j, last)
-        return trans, acc, last, done | stop, prefetched
+        return trans, acc, last, done | stop, pipe
 
     def chunk_cond(carry):
         chunk_index, _, _, _, done, _ = carry
@@ -74,7 +89,7 @@ def _forward_kernel(grid: TileGrid, starts_ref, ends_ref, ids_ref, geom_ref, col
         tuple(jnp.zeros((n_pix,), jnp.float32) for _ in range(depth_channels)),
         jnp.full((n_pix,), start - 1, jnp.int32),
         jnp.zeros((n_pix,), jnp.bool_),
-        (*fetch(ids_ref[jnp.minimum(start, last_slot)]), ids_ref[jnp.minimum(start + 1, last_slot)]),
+        pipe_start(start),
     )
     _, trans, acc, last, _, _ = jax.lax.while_loop(chunk_cond, chunk_body, init)
     for d, acc_d in enumerate(acc):

@@ -226,8 +226,8 @@ def test_backward_vector_store_path_matches_scalar_path(channels, k_batch):
     g_colors = jnp.asarray(rng.normal(size=(12, channels, 256)), jnp.float32)
     g_t = jnp.asarray(rng.normal(size=(12, 256)), jnp.float32)
     args = (b.tile_starts, b.tile_ends, b.flat_ids, geom, cols, t_final, last, g_colors, g_t)
-    scalar = rasterize_tiles_bwd(dataclasses.replace(grid, vector_store_mode=False), *args)
-    vector = rasterize_tiles_bwd(dataclasses.replace(grid, vector_store_mode=True), *args)
+    scalar = rasterize_tiles_bwd(dataclasses.replace(grid, triton_paths=False), *args)
+    vector = rasterize_tiles_bwd(dataclasses.replace(grid, triton_paths=True), *args)
     used = np.asarray(b.flat_ids) < 48
     scale = np.abs(np.asarray(scalar)[:, used]).max()
     assert used.sum() > 40 and scale > 1e-3
