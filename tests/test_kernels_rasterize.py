@@ -210,10 +210,10 @@ def test_interpret_resolution_and_bad_arguments():
         KernelTuning(backward_batch=3)
 
 
-@pytest.mark.parametrize("channels,k_batch", [(3, 1), (3, 2), (5, 4)])
-def test_backward_vector_store_path_matches_scalar_path(channels, k_batch):
-    """The Triton code path of the backward (stacked reductions, masked vector stores), run in the
-    interpreter, writes the same per-intersection gradients as the interpreter's scalar path."""
+@pytest.mark.parametrize("channels,k_batch", [(3, 2), (5, 4)])
+def test_triton_code_paths_match_interpreter_paths(channels, k_batch):
+    """The Triton code paths (forward: prefetching loads; backward: stacked reductions, masked vector
+    stores), run in the interpreter, give the same results as the interpreter's own paths."""
     scene = _scene(n=24, num_cameras=2, channels=channels)
     means, quats, scales, opacities, colors, viewmats, Ks, _ = scene
     proj = project_gaussians(means, quats, scales, viewmats, Ks, W, H, opacities=opacities)
@@ -222,7 +222,11 @@ def test_backward_vector_store_path_matches_scalar_path(channels, k_batch):
     cols = jnp.tile(jnp.asarray(colors), (2, 1))
     rng = np.random.default_rng(0)
     grid = TileGrid(2, 16, 3, 2, tuning=KernelTuning(backward_batch=k_batch))
-    _, t_final, last = rasterize_tiles_fwd(grid, b.tile_starts, b.tile_ends, b.flat_ids, geom, cols)
+    fwd_args = (b.tile_starts, b.tile_ends, b.flat_ids, geom, cols)
+    colors_out, t_final, last = rasterize_tiles_fwd(grid, *fwd_args)
+    triton_fwd = rasterize_tiles_fwd(dataclasses.replace(grid, triton_paths=True), *fwd_args)  # prefetching loads
+    for got, want in zip(triton_fwd, (colors_out, t_final, last)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     g_colors = jnp.asarray(rng.normal(size=(12, channels, 256)), jnp.float32)
     g_t = jnp.asarray(rng.normal(size=(12, 256)), jnp.float32)
     args = (b.tile_starts, b.tile_ends, b.flat_ids, geom, cols, t_final, last, g_colors, g_t)
