@@ -3,7 +3,9 @@
 Pipeline: EWA projection (`projection.py`, plain jnp, autodiff) -> tile binning with a static
 intersection capacity (`ggtalker_jax.kernels.binning`) -> 2D rasterization. For backend="pallas"
 the 2D stage is one `jax.custom_vjp` whose forward and backward are the Pallas kernels in
-`ggtalker_jax.kernels`; for backend="xla" it is the dense pure-jnp reference (`reference.py`).
+`ggtalker_jax.kernels`; for backend="cpu" it is the XLA:CPU tile compositor
+(`kernels/cpu_tiles.py`, binned by `kernels/packed_binning.py`); for backend="xla" it is the dense
+pure-jnp reference (`reference.py`). backend="auto" picks "pallas" on GPU and "cpu" elsewhere.
 
 Capacity and overflow (static shapes):
 * Called outside `jit` (concrete inputs), `rasterization()` first counts the intersections and
@@ -26,12 +28,22 @@ import numpy as np
 
 from ggtalker_jax.kernels.binning import bin_gaussians, count_intersections
 from ggtalker_jax.kernels.common import GEOM_WIDTH, TileGrid, default_interpret
+from ggtalker_jax.kernels.cpu_tiles import rasterize_to_pixels_cpu
 from ggtalker_jax.kernels.rasterize_bwd import rasterize_tiles_bwd
 from ggtalker_jax.kernels.rasterize_fwd import rasterize_tiles_fwd
 from ggtalker_jax.render.projection import project_gaussians
 from ggtalker_jax.render.reference import rasterize_to_pixels_reference
 
-BACKENDS = ("pallas", "xla")
+BACKENDS = ("pallas", "xla", "cpu", "auto")
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" -> the fastest backend for the default JAX platform ("pallas" on GPU, else "cpu")."""
+    if backend == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "cpu"
+    return backend
+
+
 RENDER_MODES = ("RGB", "RGB+ED")
 
 
@@ -202,8 +214,9 @@ def rasterization(
     backgrounds = None if backgrounds is None else jnp.asarray(backgrounds)
     _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width, height, tile_size,
               backend, render_mode)
+    backend = resolve_backend(backend)
     traced = any(isinstance(x, jax.core.Tracer) for x in (means, quats, scales, opacities, colors, viewmats, Ks))
-    if backend == "pallas" and not traced:
+    if backend != "xla" and not traced:
         # Outside jit: count first so that no intersection is ever dropped.
         needed = int(_count_intersections_jit(means, quats, scales, viewmats, Ks, int(width), int(height),
                                               int(tile_size), float(near_plane), float(far_plane), float(eps2d)))
@@ -254,6 +267,13 @@ def _rasterization_impl(means, quats, scales, opacities, colors, viewmats, Ks, b
     else:
         # Power-of-two capacity keeps every block shape Triton-friendly.
         capacity_used = next_power_of_two(capacity) if capacity is not None else default_capacity(num_cameras, n)
+    if backend == "cpu":
+        image, t_final, n_isect, overflow = rasterize_to_pixels_cpu(
+            proj.means2d, proj.conics, opacities, colors, proj.depths, proj.radii, width, height, tile_size,
+            capacity_used)
+        if warn:
+            jax.debug.callback(_warn_overflow, overflow, n_isect, capacity_used)
+    elif backend == "pallas":
         binning = bin_gaussians(proj.means2d, proj.depths, proj.radii, tile_size, tile_width, tile_height,
                                 capacity_used)
         grid = TileGrid(num_cameras, tile_size, tile_width, tile_height, interpret=default_interpret())
