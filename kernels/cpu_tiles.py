@@ -53,8 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggtalker_jax.kernels.common import ALPHA_MAX, ALPHA_MIN, T_MIN
-from ggtalker_jax.kernels.binning import bin_gaussians
-from ggtalker_jax.kernels.packed_binning import bin_gaussians_packed, packed_keys_fit
+from ggtalker_jax.kernels.binning import bin_gaussians, tile_rects
+from ggtalker_jax.kernels.packed_binning import bin_gaussians_packed, packed_keys_fit, prefix_sum
 
 # Per-Gaussian geometry columns gathered per chunk: mean x, mean y, conic a, b, c, opacity.
 _GEOM = 6
@@ -168,7 +168,7 @@ def sub_tile_lists(grid: CpuTileGrid, flat_ids, tile_starts, tile_ends, boxes):
     nonempty = lengths > 0
     marks = jnp.zeros((n_slots + 1,), jnp.int32).at[tile_starts].add(nonempty.astype(jnp.int32))
     (nonempty_tiles,) = jnp.nonzero(nonempty, size=n_tiles_total, fill_value=n_tiles_total - 1)
-    kth = jnp.clip(jnp.cumsum(marks[:n_slots]) - 1, 0, n_tiles_total - 1)
+    kth = jnp.clip(prefix_sum(marks[:n_slots]) - 1, 0, n_tiles_total - 1)
     slot_tile = nonempty_tiles.astype(jnp.int32)[kth]
     slots = jnp.arange(n_slots, dtype=jnp.int32)
     used = (slots >= tile_starts[slot_tile]) & (slots < tile_ends[slot_tile])
@@ -181,7 +181,14 @@ def sub_tile_lists(grid: CpuTileGrid, flat_ids, tile_starts, tile_ends, boxes):
     hit_x = (box[:, 1:2] >= lo_x) & (box[:, 0:1] <= lo_x + (sub - 1))
     hit_y = (box[:, 3:4] >= lo_y) & (box[:, 2:3] <= lo_y + (sub - 1))
     hit = (hit_y[:, :, None] & hit_x[:, None, :]).reshape(n_slots, n_sub) & used[:, None]  # [S, s^2]
-    rank_incl = jnp.cumsum(hit.astype(jnp.int32), axis=0)
+    return _compact_hits(hit, flat_ids, tile_starts, tile_ends)
+
+
+def _compact_hits(hit, flat_ids, tile_starts, tile_ends):
+    """Sub-tile lists from a hit mask [S, s^2] over a tile-sorted list flat_ids [S] with tile ranges
+    [T]: segment q of sub_ids [s^2 * S] holds the entries hitting sub-tile q, in list order."""
+    n_slots, n_sub = hit.shape
+    rank_incl = prefix_sum(hit.astype(jnp.int32))
     prefix = jnp.concatenate([jnp.zeros((1, n_sub), jnp.int32), rank_incl], axis=0)  # [S + 1, s^2]
     segment = (jnp.arange(n_sub, dtype=jnp.int32) * n_slots)[None, :]
     dest = jnp.where(hit, segment + rank_incl - 1, n_sub * n_slots)  # out of range -> dropped
@@ -192,55 +199,139 @@ def sub_tile_lists(grid: CpuTileGrid, flat_ids, tile_starts, tile_ends, boxes):
     return sub_ids, sub_starts.astype(jnp.int32), sub_ends.astype(jnp.int32)
 
 
+def sub_tile_keys_fit(grid: CpuTileGrid, num_cameras: int, num_gaussians: int) -> bool:
+    """Whether `bin_sub_tiles`' keys (tile, depth rank, s^2 hit bits) fit in an int32."""
+    return (num_cameras * grid.n_tiles + 1) * max(num_gaussians, 1) * (1 << grid.subs_per_tile) <= 2**31 - 1
+
+
+def bin_sub_tiles(grid: CpuTileGrid, means2d, depths, radii, boxes, capacity: int):
+    """Binning and sub-tile split in one pass: the lists of `sub_tile_lists(bin_gaussians(...))`.
+
+    The tile list is built as in `packed_binning.bin_gaussians_packed` (same order, same overflow
+    rule), with each intersection's s^2 sub-tile hit bits computed before the sort from the
+    Gaussian's support box and carried in the low bits of its int32 key, so that no per-entry
+    tile search or box gather is needed after it. Needs `sub_tile_keys_fit`.
+    means2d [C, N, 2], depths [C, N], radii as `tile_rects` takes them, boxes [C * N, 4].
+    Returns sub_ids, sub_starts, sub_ends (as `sub_tile_lists`), n_intersections [], overflow [].
+    """
+    num_cameras, n = depths.shape
+    ts, tw, th, s, sub = grid.tile_size, grid.tile_width, grid.tile_height, grid.sub_tiles, grid.sub_size
+    n_tiles, n_sub = grid.n_tiles, grid.subs_per_tile
+    if not sub_tile_keys_fit(grid, num_cameras, n):
+        raise ValueError("bin_sub_tiles: keys do not fit in int32; use sub_tile_lists(bin_gaussians(...))")
+    x0, y0, x1, y1 = (r.reshape(-1) for r in tile_rects(means2d, radii, ts, tw, th))
+    # Sub-tile columns / rows (image-wide) whose pixel centres the support box reaches, clipped.
+    limit = float(max(tw, th) * s)
+    first = lambda lo: jnp.clip(jnp.ceil((lo - (sub - 0.5)) / sub), -1.0, limit).astype(jnp.int32)
+    last = lambda hi: jnp.clip(jnp.floor((hi - 0.5) / sub), -1.0, limit).astype(jnp.int32)
+    order = jnp.argsort(jax.lax.stop_gradient(depths), axis=1, stable=True).astype(jnp.int32)  # [C, N]
+    by_depth = ((jnp.arange(num_cameras, dtype=jnp.int32) * n)[:, None] + order).reshape(-1)
+    table = jnp.stack([x0, y0, x1 - x0, y1 - y0, first(boxes[:, 0]), last(boxes[:, 1]), first(boxes[:, 2]),
+                       last(boxes[:, 3])], axis=-1)[by_depth]  # [C * N, 8] in (camera, depth rank) order
+    counts = table[:, 2] * table[:, 3]
+    ends = jnp.cumsum(counts)
+    offsets = ends - counts
+    n_isect = ends[-1]
+    has_work = counts > 0
+    marks = jnp.zeros((capacity + 1,), jnp.int32).at[jnp.minimum(offsets, capacity)].add(has_work.astype(jnp.int32))
+    (working,) = jnp.nonzero(has_work, size=num_cameras * n, fill_value=num_cameras * n - 1)
+    working = working.astype(jnp.int32)
+    rows = jnp.concatenate([table, offsets[:, None], jnp.arange(num_cameras * n, dtype=jnp.int32)[:, None]],
+                           axis=-1)[working]  # one row per Gaussian with work
+    slots = jnp.arange(capacity, dtype=jnp.int32)
+    row = rows[jnp.clip(prefix_sum(marks[:capacity]) - 1, 0, num_cameras * n - 1)]  # [S, 10] owner of each slot
+    local = slots - row[:, 8]
+    w = jnp.maximum(row[:, 2], 1)
+    tile_x, tile_y = row[:, 0] + local % w, row[:, 1] + local // w
+    owner = row[:, 9]  # flat (camera, depth rank)
+    camera = owner // n
+    bits = jnp.zeros_like(slots)
+    for qy in range(s):
+        hit_y = (row[:, 6] <= tile_y * s + qy) & (tile_y * s + qy <= row[:, 7])
+        for qx in range(s):
+            hit_x = (row[:, 4] <= tile_x * s + qx) & (tile_x * s + qx <= row[:, 5])
+            bits = bits | ((hit_x & hit_y).astype(jnp.int32) << (qy * s + qx))
+    tile = camera * n_tiles + tile_y * tw + tile_x
+    sentinel = num_cameras * n_tiles
+    keys = jnp.where(slots < n_isect, ((tile * n + (owner - camera * n)) << n_sub) | bits, (sentinel * n) << n_sub)
+    keys = jax.lax.sort(keys, is_stable=False)  # unique but for the equal sentinels
+    rest = keys >> n_sub
+    sorted_tile = rest // n
+    sorted_camera = jnp.minimum(sorted_tile // n_tiles, num_cameras - 1)
+    flat_ids = by_depth[sorted_camera * n + rest - sorted_tile * n]
+    q = jnp.arange(n_sub, dtype=jnp.int32)
+    hit = (((keys[:, None] >> q) & 1) == 1) & (sorted_tile < sentinel)[:, None]
+    per_tile = jnp.zeros((sentinel + 1,), jnp.int32).at[sorted_tile].add(1)[:sentinel]
+    tile_ends = jnp.cumsum(per_tile)
+    sub_ids, sub_starts, sub_ends = _compact_hits(hit, flat_ids, tile_ends - per_tile, tile_ends)
+    return sub_ids, sub_starts, sub_ends, n_isect.astype(jnp.int32), n_isect > capacity
+
+
 # --------------------------------------------------------------------------------------------------
 # Compositing loops over flat sub-tiles.
 
 
 def _scan_groups(k: int) -> int:
-    """Group length of the two-level scans over K (sqrt-like split; K itself when K is small)."""
+    """Group length G of the two-level running product over a chunk of K (K itself when K is small)."""
     for g in (8, 4):
         if k % g == 0 and k > g:
             return g
     return k
 
 
-def _running_product(x, init):
-    """Products in front of and behind each of the K entries: init [B, P] * prod_{m<k} x_m and
-    init * prod_{m<=k} x_m, both [B, K, P], from x [B, K, P].
+def _lane_order(k: int) -> np.ndarray:
+    """Position in the chunk (depth order) of the Gaussian in each of the K lanes of a block.
 
-    Two levels (sequential within groups of G, then across the K / G groups): far fewer XLA:CPU
-    thunks than K sequential steps, and `jnp.cumprod` lowers to a windowed reduction of O(K) per entry.
+    Lanes are laid out [G, K / G] (lane = i * K / G + j holds Gaussian j * G + i): the running
+    product then steps over i with contiguous [K / G, B, P] slabs, all groups j at once.
     """
-    b, k, p = x.shape
     g = _scan_groups(k)
-    xg = x.reshape(b, k // g, g, p)
-    running = [jnp.ones((b, k // g, p), x.dtype)]
+    lane = np.arange(k)
+    return (lane % (k // g)) * g + lane // (k // g)
+
+
+def _running_product(x, init):
+    """Products in front of and behind each Gaussian of a block: init * prod_{earlier} x and
+    init * prod_{earlier or same} x, both [K, B, P] in lane order, and the product behind the
+    whole chunk [B, P]; x [K, B, P] in lane order, init [B, P].
+
+    Two levels (sequential within groups of G consecutive Gaussians, then across the K / G groups):
+    far fewer XLA:CPU thunks than K sequential steps; `jnp.cumprod` lowers to a windowed reduction of
+    O(K) per entry.
+    """
+    k = x.shape[0]
+    g = _scan_groups(k)
+    xg = x.reshape(g, k // g, *x.shape[1:])
+    running = [jnp.ones(xg.shape[1:], x.dtype)]
     for i in range(g):
-        running.append(running[-1] * xg[:, :, i])
+        running.append(running[-1] * xg[i])
+    totals = running[-1]  # [K / G, B, P]
     offsets = [init]
     for j in range(k // g - 1):
-        offsets.append(offsets[-1] * running[-1][:, j])
-    offsets = jnp.stack(offsets, axis=1)[:, :, None]  # [B, K / G, 1, P]
-    before = (jnp.stack(running[:-1], axis=2) * offsets).reshape(b, k, p)
-    after = (jnp.stack(running[1:], axis=2) * offsets).reshape(b, k, p)
-    return before, after
+        offsets.append(offsets[-1] * totals[j])
+    chunk_after = offsets[-1] * totals[-1]
+    offsets = jnp.stack(offsets)  # [K / G, B, P]
+    before = (jnp.stack(running[:-1]) * offsets).reshape(x.shape)
+    after = (jnp.stack(running[1:]) * offsets).reshape(x.shape)
+    return before, after, chunk_after
 
 
 def _suffix_sum(x, init):
-    """init [B, P] + sum_{m>k} x_m for each of the K entries [B, K, P], and init + sum_m x_m [B, P].
+    """init [B, P] + sum of x over the later Gaussians of the chunk, [K, B, P] in lane order, and
+    init + sum of x over the chunk [B, P].
 
-    One matmul with a strictly triangular 0/1 matrix: exact zeros for the earlier entries, so each
-    output is a plain float sum of its own later terms (no total - prefix cancellation), and a dot
-    is never fused into (and recomputed by) its consumers, unlike an unrolled chain of adds.
+    One matmul with a 0/1 "is later" matrix: exact zeros for the other entries, so each output is a
+    plain float sum of its own later terms (no total - prefix cancellation), and a dot is never
+    fused into (and recomputed by) its consumers, unlike an unrolled chain of adds.
     """
-    k = x.shape[1]
-    later = jnp.asarray(np.tril(np.ones((k, k)), -1), x.dtype)  # later[m, j] = 1 where m > j
-    behind = jnp.einsum("bmp,mj->bjp", x, later)
-    return init[:, None, :] + behind, init + behind[:, 0] + x[:, 0]
+    order = _lane_order(x.shape[0])
+    later = jnp.asarray(order[:, None] > order[None, :], x.dtype)  # later[m, l]: lane m is behind lane l
+    behind = jnp.einsum("ml,mbp->lbp", later, x)
+    return init[None] + behind, init + jnp.sum(x, axis=0)
 
 
 class _Block:
-    """Chunk r of B sub-tiles evaluated on their pixels. Arrays [B, K, P] unless noted.
+    """Chunk r of B sub-tiles evaluated on their pixels. Arrays [K, B, P] (lanes of `_lane_order`).
 
     gauss [M + 1, 6 + D]: per Gaussian mean x, mean y, conic a, b, c, opacity, colour; the last row
     is all zeros (opacity 0: never blended) and stands for "no Gaussian".
@@ -253,16 +344,16 @@ class _Block:
         t = jnp.minimum(tiles, n_subs_total - 1)
         first = starts[t] + r * k
         count = jnp.where(real, jnp.clip(ends[t] - first, 0, k), 0)
-        lane = jnp.arange(k, dtype=jnp.int32)
-        slots = jnp.minimum(first[:, None] + lane[None, :], flat_ids.shape[0] - 1)
-        self.ids = jnp.where(lane[None, :] < count[:, None], jnp.clip(flat_ids[slots], 0, n_gauss), n_gauss)  # [B, K]
+        lane = jnp.asarray(_lane_order(k), jnp.int32)[:, None]
+        slots = jnp.minimum(first[None, :] + lane, flat_ids.shape[0] - 1)
+        self.ids = jnp.where(lane < count[None, :], jnp.clip(flat_ids[slots], 0, n_gauss), n_gauss)  # [K, B]
         self.tiles = jnp.where(real, tiles, n_subs_total)
-        g = gauss[self.ids]  # [B, K, 6 + D]
-        self.colors = g[:, :, _GEOM:]  # [B, K, D]
+        g = gauss[self.ids]  # [K, B, 6 + D]
+        self.colors = g[:, :, _GEOM:]  # [K, B, D]
         centre = origins[t] + half  # [B, 2] centre of the sub-tile
         # Mean relative to the sub-tile centre (exact), pixel centres likewise: dx = mean_x - pixel_x.
-        self.u = g[:, :, 0] - centre[:, 0:1]  # [B, K]
-        self.v = g[:, :, 1] - centre[:, 1:2]
+        self.u = g[:, :, 0] - centre[None, :, 0]  # [K, B]
+        self.v = g[:, :, 1] - centre[None, :, 1]
         self.a, self.b, self.c = (g[:, :, i, None] for i in (2, 3, 4))
         offset_x, offset_y = (x.astype(g.dtype) for x in grid.pixel_offsets)
         self.dx = self.u[:, :, None] - offset_x
@@ -320,12 +411,12 @@ def _forward_flat(grid: CpuTileGrid, geom, colors, flat_ids, starts, ends, origi
             tiles = jax.lax.dynamic_slice(work, (i * bsz,), (bsz,))
             blk = _Block(grid, gauss, flat_ids, starts, ends, origins, tiles, r)
             old = state[blk.tiles]  # [B, P, 2 + D]: running T, final T, colour
-            t_before, t_after = _running_product(blk.one_minus, old[:, :, 0])
+            t_before, t_after, t_chunk = _running_product(blk.one_minus, old[:, :, 0])
             blended = blk.ok & _continues(t_after)
             weights = jnp.where(blended, blk.alpha * t_before, 0.0)
-            t_final = jnp.minimum(old[:, :, 1], jnp.min(jnp.where(blended, t_after, 1.0), axis=1))
-            color = old[:, :, 2:] + jnp.einsum("bkp,bkd->bpd", weights, blk.colors)
-            state = state.at[blk.tiles].set(jnp.concatenate([t_after[:, -1, :, None], t_final[..., None], color], -1))
+            t_final = jnp.minimum(old[:, :, 1], jnp.min(jnp.where(blended, t_after, 1.0), axis=0))
+            color = old[:, :, 2:] + jnp.sum(weights[..., None] * blk.colors[:, :, None, :], axis=0)
+            state = state.at[blk.tiles].set(jnp.concatenate([t_chunk[..., None], t_final[..., None], color], -1))
             t_in_store = t_in_store.at[chunk_offsets[blk.tiles] + r].set(old[:, :, 0], mode="drop")
             return i + 1, state, t_in_store
 
@@ -363,18 +454,21 @@ def _backward_flat(grid: CpuTileGrid, geom, colors, flat_ids, starts, ends, orig
             tiles = jax.lax.dynamic_slice(work, (i * bsz,), (bsz,))
             blk = _Block(grid, gauss, flat_ids, starts, ends, origins, tiles, r)
             t_in = t_in_store[jnp.minimum(chunk_offsets[blk.tiles] + r, t_in_store.shape[0] - 1)]
-            t_before, t_after = _running_product(blk.one_minus, t_in)
+            t_before, t_after, _ = _running_product(blk.one_minus, t_in)
             blended = blk.ok & _continues(t_after)
             weights = jnp.where(blended, blk.alpha * t_before, 0.0)
             tile = per_tile[blk.tiles]  # [B, P, 1 + D]
             g = tile[:, :, 1:]
-            c_dot_g = jnp.einsum("bkd,bpd->bkp", blk.colors, g)
+            # c . g and sum_p w g per channel (D is small): elementwise, no batched dot whose batch axis
+            # B sits inside the lane-major layout (XLA would transpose around it).
+            depth_channels = g.shape[-1]
+            c_dot_g = sum(blk.colors[:, :, d, None] * g[None, :, :, d] for d in range(depth_channels))
             s_after, s_out = _suffix_sum(weights * c_dot_g, s_behind[blk.tiles])
-            d_alpha = t_before * c_dot_g - (s_after + tile[:, None, :, 0]) / (1.0 - blk.alpha)
+            d_alpha = t_before * c_dot_g - (s_after + tile[None, :, :, 0]) / (1.0 - blk.alpha)
             d_alpha = jnp.where(blended & (blk.raw_alpha <= ALPHA_MAX), d_alpha, 0.0)
             d_sigma = -blk.raw_alpha * d_alpha
             # Pixel moments of d_sigma (one matmul), expanded into sum d_sigma dx, dy, dx^2, dx dy, dy^2.
-            m = jnp.einsum("bkp,pf->bkf", d_sigma, basis)
+            m = jnp.einsum("kbp,pf->kbf", d_sigma, basis)
             u, v = blk.u, blk.v
             s_x, s_y = u * m[..., 0] - m[..., 1], v * m[..., 0] - m[..., 2]
             s_xx = u * u * m[..., 0] - 2.0 * u * m[..., 1] + m[..., 3]
@@ -382,8 +476,8 @@ def _backward_flat(grid: CpuTileGrid, geom, colors, flat_ids, starts, ends, orig
             s_yy = v * v * m[..., 0] - 2.0 * v * m[..., 2] + m[..., 5]
             a, b, c = blk.a[..., 0], blk.b[..., 0], blk.c[..., 0]
             rows = jnp.stack([a * s_x + b * s_y, b * s_x + c * s_y, 0.5 * s_xx, s_xy, 0.5 * s_yy,
-                              jnp.sum(blk.vis * d_alpha, axis=-1)], axis=-1)  # [B, K, 6]
-            d_col = jnp.einsum("bkp,bpd->bkd", weights, g)
+                              jnp.sum(blk.vis * d_alpha, axis=-1)], axis=-1)  # [K, B, 6]
+            d_col = jnp.stack([jnp.sum(weights * g[None, :, :, d], axis=-1) for d in range(depth_channels)], -1)
             d_rows = d_rows.at[blk.ids].add(jnp.concatenate([rows, d_col], axis=-1))
             s_behind = s_behind.at[blk.tiles].set(s_out)
             return i + 1, s_behind, d_rows
@@ -512,18 +606,22 @@ def rasterize_to_pixels_cpu(means2d, conics, opacities, colors, depths, radii, w
     tile_width, tile_height = -(-width // tile_size), -(-height // tile_size)
     if grid is None:
         grid = CpuTileGrid(tile_size, tile_width, tile_height, sub_tiles=default_sub_tiles(tile_size))
-    packed = packed_keys_fit(num_cameras, n, tile_width * tile_height)
-    binning = (bin_gaussians_packed if packed else bin_gaussians)(
-        means2d, depths, radii, tile_size, tile_width, tile_height, capacity)
     opacities = jnp.broadcast_to(opacities, (num_cameras, n)).reshape(-1)
+    boxes = support_boxes(means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities)
+    if sub_tile_keys_fit(grid, num_cameras, n):
+        sub_ids, sub_starts, sub_ends, n_isect, overflow = bin_sub_tiles(grid, means2d, depths, radii, boxes, capacity)
+    else:
+        packed = packed_keys_fit(num_cameras, n, tile_width * tile_height)
+        binning = (bin_gaussians_packed if packed else bin_gaussians)(
+            means2d, depths, radii, tile_size, tile_width, tile_height, capacity)
+        sub_ids, sub_starts, sub_ends = sub_tile_lists(grid, binning.flat_ids, binning.tile_starts,
+                                                       binning.tile_ends, boxes)
+        n_isect, overflow = binning.n_intersections, binning.overflow
     means2d, conics = means2d.reshape(-1, 2), conics.reshape(-1, 3)
-    boxes = support_boxes(means2d, conics, opacities)
-    sub_ids, sub_starts, sub_ends = sub_tile_lists(grid, binning.flat_ids, binning.tile_starts, binning.tile_ends,
-                                                   boxes)
     dtype = jnp.result_type(means2d, conics, opacities, colors)  # float32, or float64 under x64 inputs
     geom = jnp.concatenate([means2d, conics, opacities[:, None]], axis=1).astype(dtype)
     out, t_final = composite_sub_tiles(grid, geom, colors.reshape(num_cameras * n, -1).astype(dtype), sub_ids,
                                        sub_starts, sub_ends, sub_tile_origins(grid, num_cameras))
     image = sub_tiles_to_image(grid, out, num_cameras, width, height)
     t_final = sub_tiles_to_image(grid, t_final, num_cameras, width, height)
-    return image, t_final, binning.n_intersections, binning.overflow
+    return image, t_final, n_isect, overflow

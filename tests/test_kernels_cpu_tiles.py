@@ -238,6 +238,30 @@ def test_sub_tile_lists_keep_every_visible_pair_in_depth_order():
     assert kept > 50 and dropped > kept  # the split really prunes
 
 
+@pytest.mark.parametrize("sub_tiles", [2, 4])
+def test_fused_sub_tile_binning_equals_binning_then_split(sub_tiles):
+    means, quats, scales, opacities, _, viewmats, Ks, _ = _scene(n=150, num_cameras=2, opacity=(0.01, 1.0))
+    grid = cpu_tiles.CpuTileGrid(16, 3, 2, sub_tiles=sub_tiles)
+
+    @jax.jit
+    def both(means, opacities):
+        proj = project_gaussians(means, quats, scales, viewmats, Ks, W, H)
+        opac = jnp.broadcast_to(opacities, (2, 150)).reshape(-1)
+        boxes = cpu_tiles.support_boxes(proj.means2d.reshape(-1, 2), proj.conics.reshape(-1, 3), opac)
+        binning = bin_gaussians(proj.means2d, proj.depths, proj.radii, 16, 3, 2, 4096)
+        split = cpu_tiles.sub_tile_lists(grid, binning.flat_ids, binning.tile_starts, binning.tile_ends, boxes)
+        return split, cpu_tiles.bin_sub_tiles(grid, proj.means2d, proj.depths, proj.radii, boxes, 4096)
+
+    (ids_a, starts_a, ends_a), (ids_b, starts_b, ends_b, n_isect, overflow) = both(means, opacities)
+    assert int(n_isect) > 100 and not bool(overflow)
+    np.testing.assert_array_equal(np.asarray(starts_a), np.asarray(starts_b))
+    np.testing.assert_array_equal(np.asarray(ends_a), np.asarray(ends_b))
+    used = np.zeros(ids_a.shape, bool)
+    for s, e in zip(np.asarray(starts_a), np.asarray(ends_a)):
+        used[s:e] = True
+    np.testing.assert_array_equal(np.asarray(ids_a)[used], np.asarray(ids_b)[used])
+
+
 @pytest.mark.parametrize("num_cameras,n", [(1, 200), (3, 64)])
 def test_packed_binning_equals_bin_gaussians(num_cameras, n):
     rng = np.random.default_rng(num_cameras)
