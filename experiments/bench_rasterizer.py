@@ -34,7 +34,7 @@ flags.DEFINE_integer("width", 128, "Image width.")
 flags.DEFINE_integer("height", 128, "Image height.")
 flags.DEFINE_integer("num_cameras", 1, "Number of cameras.")
 flags.DEFINE_integer("channels", 3, "Colour channels D.")
-flags.DEFINE_list("backends", ["pallas", "xla", "gsplat"], "Backends to time: pallas, xla, gsplat.")
+flags.DEFINE_list("backends", ["pallas", "cpu", "xla", "gsplat"], "Backends to time: pallas, cpu, xla, gsplat.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported) after one warm-up.")
 flags.DEFINE_integer("seed", 0, "Scene seed.")
 flags.DEFINE_string("json_out", None, "Write the results table here as JSON (rewritten after each backend).")
@@ -106,7 +106,7 @@ def bench_jax(backend, scene, width, height, repeats, *, budget_bytes=None, inte
     """Time one JAX backend; returns a result row (with "skipped" when it would not fit in memory)."""
     means, quats, scales, opacities, colors, viewmats, Ks = (jnp.asarray(x) for x in scene)
     n_isect = count_scene_intersections(scene, width, height) if n_intersections is None else n_intersections
-    capacity = round_capacity(n_isect + n_isect // 8) if backend == "pallas" else None
+    capacity = round_capacity(n_isect + n_isect // 8) if backend in ("pallas", "cpu") else None
 
     def render(means, quats, scales, opacities, colors):
         img, alpha, _ = rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
@@ -207,7 +207,7 @@ def _tuning_from_flags(channels: int) -> KernelTuning | None:
 def main(argv):
     del argv
     for backend in FLAGS.backends:
-        if backend not in ("pallas", "xla", "gsplat"):
+        if backend not in ("pallas", "cpu", "xla", "gsplat"):
             raise app.UsageError(f"--backends: unknown backend {backend!r}; use pallas, xla, gsplat")
     scene = make_scene(FLAGS.num_gaussians, FLAGS.width, FLAGS.height, FLAGS.num_cameras, FLAGS.seed, FLAGS.channels)
     if FLAGS.memory_budget_gib is not None:

@@ -5,7 +5,10 @@ Pipeline: EWA projection (`projection.py`, plain jnp, autodiff) -> a 2D backend 
 * "pallas": tile binning with a static intersection capacity and the Pallas kernels, one
   `jax.custom_vjp` (`ggtalker_jax.kernels.rasterize`); Triton on GPU, the Pallas interpreter elsewhere
   (`interpret=None`), or as asked (`interpret=True/False`);
-* "xla": the dense pure-jnp reference (`reference.py`).
+* "cpu": the XLA:CPU sub-tile compositor with a hand-written backward (`kernels/cpu_tiles.py`, binned by
+  `kernels/packed_binning.py`): much faster than the Pallas interpreter on a CPU;
+* "xla": the dense pure-jnp reference (`reference.py`);
+* "auto": "pallas" when the default JAX backend is a GPU, else "cpu" (`resolve_backend`).
 
 A backend is a `Backend(render, uses_capacity)` whose `render(proj, opacities, colors, setup)` returns a
 `TiledRender`; add one by adding an entry to `BACKENDS`.
@@ -37,6 +40,7 @@ import numpy as np
 
 from ggtalker_jax.kernels.binning import count_intersections, round_capacity
 from ggtalker_jax.kernels.common import KernelTuning, TileGrid, default_tuning, resolve_interpret
+from ggtalker_jax.kernels.cpu_tiles import rasterize_to_pixels_cpu
 from ggtalker_jax.kernels.conventions import CONVENTIONS, DEFAULT_EPS2D, Conventions, get_conventions
 from ggtalker_jax.kernels.rasterize import TiledRender, rasterize_to_pixels_pallas
 from ggtalker_jax.render.projection import Projection, project_gaussians
@@ -89,10 +93,25 @@ def _render_xla(proj: Projection, opacities, colors, setup: RenderSetup) -> Tile
     return TiledRender(image, t_final, n_isect, jnp.zeros((), jnp.bool_))
 
 
+def _render_cpu(proj: Projection, opacities, colors, setup: RenderSetup) -> TiledRender:
+    return TiledRender(*rasterize_to_pixels_cpu(proj.means2d, proj.conics, opacities, colors, proj.depths,
+                                                proj.radii, setup.width, setup.height, setup.tile_size,
+                                                setup.capacity, conventions=setup.conventions))
+
+
 BACKENDS: dict[str, Backend] = {
     "pallas": Backend(_render_pallas, uses_capacity=True),
+    "cpu": Backend(_render_cpu, uses_capacity=True),
     "xla": Backend(_render_xla, uses_capacity=False),
 }
+AUTO = "auto"
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend `backend` names: "auto" -> "pallas" when the default JAX backend is a GPU, else "cpu"."""
+    if backend == AUTO:
+        return "pallas" if jax.default_backend() == "gpu" else "cpu"
+    return backend
 
 
 def default_capacity(num_cameras: int, num_gaussians: int) -> int:
@@ -143,7 +162,7 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds
         need(backgrounds.shape == (c, d), f"backgrounds must be [C, D] = [{c}, {d}] or None, got {backgrounds.shape}")
     need(int(width) > 0 and int(height) > 0, f"width/height must be positive, got {width}x{height}")
     need(int(tile_size) > 0 and (tile_size & (tile_size - 1)) == 0, f"tile_size must be a power of two, got {tile_size}")
-    need(backend in BACKENDS, f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
+    need(backend in BACKENDS or backend == AUTO, f"backend must be one of {(*BACKENDS, AUTO)}, got {backend!r}")
     need(render_mode in RENDER_MODES, f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     need(conventions in CONVENTIONS, f"conventions must be one of {tuple(CONVENTIONS)}, got {conventions!r}")
     need(capacity is None or int(capacity) > 0, f"capacity must be a positive int or None, got {capacity!r}")
@@ -168,6 +187,7 @@ def rasterization(
       [0, 1]; colors [N, D] or [C, N, D] (any D); viewmats [C, 4, 4] world-to-camera (OpenCV);
       Ks [C, 3, 3]; backgrounds [C, D] or None (zeros).
       width, height, tile_size, backend, render_mode, capacity, interpret, conventions, tuning: static.
+      backend: "pallas", "cpu", "xla" or "auto" (see the module docstring).
       render_mode: "RGB" or "RGB+ED" (expected depth appended as the last channel).
       capacity: static length of the intersection list (rounded up to a multiple of 1024); see the
         module docstring.
@@ -187,6 +207,7 @@ def rasterization(
     backgrounds = None if backgrounds is None else jnp.asarray(backgrounds)
     _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width, height, tile_size,
               backend, render_mode, capacity, interpret, conventions)
+    backend = resolve_backend(backend)
     traced = any(isinstance(x, jax.core.Tracer)
                  for x in (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds))
     uses_capacity = BACKENDS[backend].uses_capacity
