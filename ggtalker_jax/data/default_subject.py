@@ -190,7 +190,8 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
     np.save(out / ds.AUDIO_FEATURES, feats.astype(np.float32))
     np.savez(out / ds.TRACKING, shape=shape, expression=expr[:, :50], jaw_pose=expr[:, 50:], neck_pose=neck_pose,
              eye_pose=eye_pose, global_rot=rot, translation=trans, K=K, landmark_error_px=np.zeros(num, np.float32),
-             head_model=np.array("open"))
+             blink=np.stack([blink, blink], -1), head_model=np.array("open"),
+             head_model_record=np.array(json.dumps(head_lib.head_model_record(model))))
     meta = {"version": ds.FORMAT_VERSION, "fps": FPS, "size": size, "num_frames": num,
             "source": "ggtalker_jax.data.default_subject", "seed": seed, "audio_sample_rate": SAMPLE_RATE,
             "split": ds.split_ranges(num), "features": {"kind": "logmel", "dim": int(feats.shape[1])},

@@ -261,11 +261,22 @@ def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, ind
     return paths
 
 
-def _tracker(head: str):
-    """The track_fn that fits `head` to the prepared landmarks (ggtalker_jax.data.track)."""
+def _tracker(head: str, landmark_embedding: str | None = None):
+    """The track_fn that fits `head` (with its MediaPipe `landmark_embedding`, FLAME) to the prepared
+    landmarks (ggtalker_jax.data.track). The model is loaded now, so a bad --head / --landmark_embedding
+    fails before the video is processed."""
+    from ggtalker_jax import head as head_lib
+    if head == "open" and landmark_embedding:
+        raise ValueError(f"--landmark_embedding {landmark_embedding}: only for a FLAME --head (the open head "
+                         "embeds MediaPipe's points itself)")
+    model = head_lib.load(head, landmark_embedding=landmark_embedding)
+    if model.num_landmarks == 0:
+        raise ValueError(f"--head {head}: tracking needs MediaPipe's points on this model; pass "
+                         "--landmark_embedding mediapipe_landmark_embedding.npz (shipped with FLAME 2023)")
+
     def track(out_dir):
         from ggtalker_jax.data.track import track_dataset
-        result = track_dataset(str(out_dir), head=head)
+        result = track_dataset(str(out_dir), head=model)
         err = result["landmark_error_px"]
         log.info("tracking: landmark error %.2f px mean, %.2f px median (%.1f s)", float(err.mean()),
                  float(np.median(err)), result["seconds"])
@@ -297,6 +308,8 @@ def main(argv: list[str]) -> int:
                         flag_values=fv)
     flags.DEFINE_boolean("track", True, "fit the head model to the landmarks (writes tracking.npz)", flag_values=fv)
     flags.DEFINE_string("head", "open", "head model for tracking: 'open' or FLAME's generic_model.pkl", flag_values=fv)
+    flags.DEFINE_string("landmark_embedding", None, "with a FLAME --head: its MediaPipe landmark embedding .npz "
+                        "(FLAME 2023's mediapipe_landmark_embedding.npz)", flag_values=fv)
     rest = parse_flags(fv, argv)
     if rest or not fv.video or not fv.out:
         print(f"{argv[0]}: need --video and --out (got extra arguments {rest})" if rest else
@@ -306,8 +319,9 @@ def main(argv: list[str]) -> int:
     try:
         summary = prepare(fv.video, fv.out, size=fv.size, fps=fv.fps, features=fv.features,
                           feature_fps=fv.feature_fps, max_seconds=fv.max_seconds, overwrite=fv.overwrite,
-                          progress=fv.progress, track_fn=_tracker(fv.head) if fv.track else None)
-    except (ValueError, FileExistsError) as e:  # MediaError / DatasetError are ValueErrors
+                          progress=fv.progress,
+                          track_fn=_tracker(fv.head, fv.landmark_embedding) if fv.track else None)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # MediaError / DatasetError are ValueErrors
         print(f"ggtalker prepare: error: {e}", file=sys.stderr)
         return 1
     if fv.preview:

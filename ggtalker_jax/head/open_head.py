@@ -26,26 +26,15 @@ import functools
 
 import numpy as np
 
+from ggtalker_jax.head.mediapipe_points import (FACE_OVAL, LEFT_BROW_LOWER, LEFT_BROW_UPPER, LEFT_EYE_LOWER,  # noqa: F401
+                                                LEFT_EYE_UPPER, LEFT_IRIS, LIPS_INNER_LOWER, LIPS_INNER_UPPER,
+                                                LIPS_OUTER_LOWER, LIPS_OUTER_UPPER, NOSE_LINE, RIGHT_BROW_LOWER,
+                                                RIGHT_BROW_UPPER, RIGHT_EYE_LOWER, RIGHT_EYE_UPPER, RIGHT_IRIS)
 from ggtalker_jax.head.model import HeadModel, from_arrays
 
-# MediaPipe face-mesh point indices by role (from mediapipe's face_mesh_connections, Apache-2.0).
-LIPS_OUTER_UPPER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
-LIPS_OUTER_LOWER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
-LIPS_INNER_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
-LIPS_INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-RIGHT_EYE_UPPER = (33, 246, 161, 160, 159, 158, 157, 173, 133)   # subject's right: x < 0, outer -> inner
-RIGHT_EYE_LOWER = (33, 7, 163, 144, 145, 153, 154, 155, 133)
-LEFT_EYE_UPPER = (263, 466, 388, 387, 386, 385, 384, 398, 362)
-LEFT_EYE_LOWER = (263, 249, 390, 373, 374, 380, 381, 382, 362)
-RIGHT_BROW_LOWER = (46, 53, 52, 65, 55)                           # outer -> inner
-RIGHT_BROW_UPPER = (70, 63, 105, 66, 107)
-LEFT_BROW_LOWER = (276, 283, 282, 295, 285)
-LEFT_BROW_UPPER = (300, 293, 334, 296, 336)
-FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
-             377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 356, 389, 251, 284, 332, 297, 338)
-NOSE_LINE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2)
-RIGHT_IRIS = (468, 469, 470, 471, 472)   # centre, then ring
-LEFT_IRIS = (473, 474, 475, 476, 477)
+# Geometry version, recorded with every tracking (ggtalker_jax.head.record): bump it whenever the model's
+# arrays change, so data tracked with an older open head is refused instead of silently misread.
+OPEN_HEAD_VERSION = 1
 
 # Face layout (metres, frontal x/y).
 MOUTH_Y, MOUTH_HALF_WIDTH = -0.040, 0.025
