@@ -6,8 +6,10 @@ blink components (the open head's "blink_left" / "blink_right") it is that compo
 names (FLAME) it is derived from the model itself: the combination of the 50 expression components whose
 effect moves the upper-lid landmarks onto the lower-lid ones (closing the template's opening exactly, in
 the image plane) while the eyeballs and every mesh vertex away from that eye (the other eye included)
-move as little as possible (regularised least squares). The blink amount of an expression is read back with `readout` (1 = closed, 0 = as the
-template), and `set_blinks` replaces it:  e' = e + (b - readout e) directions.
+move as little as possible (regularised least squares). The blink amount of an expression is read back
+with `readout` (1 = closed, 0 = as the template; for derived directions it is measured on the lids: how
+much of their opening an expression closes), and `set_blinks` replaces it:
+e' = e + (b - readout e) directions.
 
 Render-time functions (numpy, [T, ...] per output frame):
   blink_curve(T, fps, rate_per_min, seed)          -> [T] in [0, 1] (random blinks at a rate)
@@ -132,6 +134,7 @@ def _derived_basis(model: HeadModel, rest_weight: float = 10.0, ridge: float = 1
     weights = np.asarray(model.lbs_weights)
     eyeball = (weights[:, EYE_JOINTS["left"]] > 0.5) | (weights[:, EYE_JOINTS["right"]] > 0.5)
     directions = np.zeros((2, EXPR53))
+    gap_closure = np.zeros((2, EXPR53))                    # linear: expression -> fraction of the lids' opening closed
     closure = np.zeros(2)
     for row, side in enumerate(("left", "right")):
         if not pairs[side]:
@@ -157,12 +160,15 @@ def _derived_basis(model: HeadModel, rest_weight: float = 10.0, ridge: float = 1
         e = np.linalg.lstsq(np.concatenate(blocks), np.concatenate(target), rcond=None)[0]
         u, lo = np.array([a for a, _ in pairs[side]]), np.array([b for _, b in pairs[side]])
         gap = pos[u, :2] - pos[lo, :2]
-        change = np.einsum("pce,e->pc", dirs[u] - dirs[lo], e)
-        closure[row] = -np.sum(change * gap) / max(np.sum(gap * gap), 1e-18)
+        gap_closure[row, :NUM_EXPRESSION] = -np.einsum("pce,pc->e", dirs[u] - dirs[lo], gap) / max(np.sum(gap * gap), 1e-18)
+        closure[row] = gap_closure[row] @ np.concatenate([e, np.zeros(EXPR53 - NUM_EXPRESSION)])
         directions[row, :NUM_EXPRESSION] = e
     ok = np.abs(directions).sum(-1) > 0
+    # Read blinks from what the lids do (expression changes that leave the lids alone are no blink),
+    # normalised so that readout @ directions.T = I.
     readout = np.zeros_like(directions)
-    readout[ok] = np.linalg.pinv(directions[ok]).T
+    G = gap_closure[ok]
+    readout[ok] = np.linalg.solve(G @ directions[ok].T, G)
     for side, c, k in zip(("left", "right"), closure, ok):
         if k and c < 0.7:
             log.warning("head model %r: its expression components close the %s eye only %.0f%% (blinks will "
