@@ -96,7 +96,7 @@ class AvatarConfig:
     image_size: int = 64
     uv_resolution: int | None = None
     head_mask_dilation: int | None = None
-    backend: str = "pallas"
+    backend: str = "auto"                # "auto": Pallas/Triton on a GPU, the XLA:CPU compositor elsewhere
 
     def __post_init__(self):
         if self.image_size < 16 or self.image_size % 16:
