@@ -11,6 +11,8 @@ from ggtalker_jax.cli import flags as cli_flags
 def define_flags():
     from absl import flags
 
+    from ggtalker_jax.train import adapt as adapt_defaults
+
     fv = flags.FlagValues()
     flags.DEFINE_string("data", None, "prepared subject directory (from `ggtalker prepare`)", flag_values=fv)
     flags.DEFINE_string("workdir", None, "output directory of the adapted subject", flag_values=fv)
@@ -18,12 +20,18 @@ def define_flags():
                         "or fresh networks)", flag_values=fv)
     flags.DEFINE_enum("schedule", "small", ["small", "paper"], "small: steps per stage; paper: Table 1 minutes",
                       flag_values=fv)
-    flags.DEFINE_integer("steps_per_stage", 40, "steps per stage for --schedule=small", flag_values=fv)
+    flags.DEFINE_integer("steps_per_stage", None, "steps per stage for --schedule=small (default "
+                         "{})".format(adapt_defaults.CPU_STEPS_PER_STAGE), flag_values=fv)
     flags.DEFINE_float("minutes_scale", 1.0, "multiplies the paper schedule's minutes", flag_values=fv)
     flags.DEFINE_float("learning_rate", None, "learning rate (default: the schedule's)", flag_values=fv)
     flags.DEFINE_integer("batch_size", 2, "frames rendered per step", flag_values=fv)
-    flags.DEFINE_integer("image_size", None, "avatar frame size in pixels, a multiple of 16 (default 64)",
-                         flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "avatar frame size S in pixels, a multiple of 16 (default: "
+                         f"{adapt_defaults.CPU_IMAGE_SIZE} for --schedule=small, {adapt_defaults.PAPER_IMAGE_SIZE} "
+                         "for paper)", flag_values=fv)
+    flags.DEFINE_integer("uv_resolution", None, "R: the identity's UV map is R x R texels, one Gaussian per texel "
+                         f"on the head (default: {adapt_defaults.CPU_UV_RESOLUTION} for --schedule=small, "
+                         f"{adapt_defaults.PAPER_UV_RESOLUTION} for paper); the prior's generator output is "
+                         "resampled to R", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "discard an avatar already in --workdir and adapt from the priors",
                          flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
@@ -38,7 +46,11 @@ def main(argv: list[str]) -> int:
         from ggtalker_jax.errors import UsageError
         raise UsageError(f"--data {fv.data}: no such directory; run `ggtalker prepare --video VIDEO --out DIR` "
                          "first")
-    cli_flags.positive("steps_per_stage", fv.steps_per_stage, 1, inclusive=True, integer=True)
+    if fv.steps_per_stage is not None:
+        cli_flags.positive("steps_per_stage", fv.steps_per_stage, 1, inclusive=True, integer=True)
+    for name in ("image_size", "uv_resolution"):
+        if fv[name].value is not None:
+            cli_flags.positive(name, fv[name].value, 1, inclusive=True, integer=True)
     cli_flags.positive("minutes_scale", fv.minutes_scale)
     cli_flags.positive("learning_rate", fv.learning_rate)
     cli_flags.positive("batch_size", fv.batch_size, 1, inclusive=True, integer=True)
@@ -53,7 +65,7 @@ def main(argv: list[str]) -> int:
     stages = (adapt.small_schedule(fv.steps_per_stage, **kw) if fv.schedule == "small"
               else adapt.paper_schedule(fv.minutes_scale, **kw))
     # The prior's own definition replaces the default one here (train.adapt); only the run-time choices count.
-    config = None if fv.image_size is None else avatar_lib.AvatarConfig(image_size=fv.image_size)
+    config = adapt.default_avatar_config(fv.schedule, fv.image_size, fv.uv_resolution)
     summary = adapt.adapt(fv.data, fv.workdir, fv.priors, stages, adapt.AdaptConfig(batch_size=fv.batch_size),
                           avatar_config=config, progress=fv.progress, overwrite=fv.overwrite)
     for s in summary["stages"]:

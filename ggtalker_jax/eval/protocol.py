@@ -88,6 +88,20 @@ def _sync(energy, mouth):
     return metrics.sync_score(energy, mouth, max_offset=min(15, max(0, (len(energy) - 3) // 2)))
 
 
+def _mouth_correlation(mouth_pred, lmk_real) -> float:
+    """Pearson correlation of the rendered mouth opening [T] with the real frames' (MediaPipe landmarks
+    [T, 478, 3], NaN where no face was found: those frames are left out); NaN when under 3 frames remain
+    or either track is constant."""
+    found = np.isfinite(lmk_real).all(axis=(1, 2)) & np.isfinite(mouth_pred)
+    if found.sum() < 3:
+        return float("nan")
+    real = metrics.mouth_opening(lmk_real[found])
+    pred = np.asarray(mouth_pred)[found]
+    if np.std(real) < 1e-9 or np.std(pred) < 1e-9:
+        return float("nan")
+    return float(np.corrcoef(pred, real)[0, 1])
+
+
 def _drive(adapted, wav, sr, opts):
     from ggtalker_jax.audio import features as audio_features
     from ggtalker_jax.infer import driving_poses, predict_expressions
@@ -139,10 +153,11 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
     energy = energy_all[test]
     sync = _sync(energy, mouth_pred)
     aue = metrics.aue(expr, data.expression53[test])
+    mouth_corr = _mouth_correlation(mouth_pred, lmk_gt)
     self_recon = {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "lmd": lmd,
                   "lmd_frames": int(ok.sum()), "sync_offset_frames": int(sync.best_offset_frames),
                   "sync_confidence": float(sync.confidence), "sync_corr_at_0": float(sync.corr_at_0), "aue": aue,
-                  "mouth_source": mouth_src}
+                  "mouth_source": mouth_src, "mouth_corr_real": mouth_corr}
     if lpips_weights:
         from ggtalker_jax.eval import lpips
         lp = lpips.load_lpips_params(lpips_weights)

@@ -44,6 +44,12 @@ PARAM_GROUPS = ("uv_delta", "generator", "head", "a2e", "color_mlp", "inpainter"
 VISUAL_GROUPS = ("uv_delta", "generator", "head", "color_mlp", "inpainter")
 UNLIMITED_STEPS = 10 ** 9
 
+# What `ggtalker adapt` uses unless told otherwise. --schedule small (a CPU): frame size, UV resolution (R x R
+# texels, about 0.2 R^2 of them on the head) and steps per stage chosen by measurement on 2 CPU cores
+# (experiments/bench_fidelity.py); --schedule paper: GGTalker's 512 px avatar with a 512 x 512 UV map.
+CPU_IMAGE_SIZE, CPU_UV_RESOLUTION, CPU_STEPS_PER_STAGE, CPU_LEARNING_RATE = 256, 128, 60, 3e-3
+PAPER_IMAGE_SIZE, PAPER_UV_RESOLUTION = 512, 512
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -94,10 +100,27 @@ def paper_schedule(scale_minutes: float = 1.0, learning_rate: float = 1e-4) -> t
     )
 
 
-def small_schedule(steps: int = 40, learning_rate: float = 3e-3) -> tuple[Stage, ...]:
-    """The same five stages by step count, for CPU demos and tests."""
+def small_schedule(steps: int | None = None, learning_rate: float = CPU_LEARNING_RATE) -> tuple[Stage, ...]:
+    """The same five stages by step count (default `CPU_STEPS_PER_STAGE`), for CPUs, demos and tests."""
+    steps = CPU_STEPS_PER_STAGE if steps is None else steps
     return tuple(dataclasses.replace(s, steps=steps, minutes=60.0, learning_rate=learning_rate)
                  for s in paper_schedule())
+
+
+def default_avatar_config(schedule: str = "small", image_size: int | None = None,
+                          uv_resolution: int | None = None) -> avatar_lib.AvatarConfig:
+    """The avatar's run-time choices for `ggtalker adapt`: frame size S and UV resolution R as given, else
+    the schedule's defaults (small: `CPU_IMAGE_SIZE` / `CPU_UV_RESOLUTION`; paper: 512 / 512). The prior's
+    definition replaces the config's own when adapting. Bad values are a UsageError naming the flag."""
+    paper = schedule == "paper"
+    s = image_size or (PAPER_IMAGE_SIZE if paper else CPU_IMAGE_SIZE)
+    r = uv_resolution or (PAPER_UV_RESOLUTION if paper else CPU_UV_RESOLUTION)
+    if s < 16 or s % 16:
+        raise UsageError(f"--image_size {s}: must be a multiple of 16 (>= 16), e.g. 256 or 512")
+    if not avatar_lib.MIN_UV_RESOLUTION <= r <= avatar_lib.MAX_UV_RESOLUTION:
+        raise UsageError(f"--uv_resolution {r}: must be in [{avatar_lib.MIN_UV_RESOLUTION}, "
+                         f"{avatar_lib.MAX_UV_RESOLUTION}] (R x R texels), e.g. 128 or 256")
+    return avatar_lib.AvatarConfig(image_size=s, uv_resolution=r)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,13 +188,15 @@ def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, c
           overwrite: bool = False) -> dict:
     """Adapts the priors to the prepared subject in `data_dir`; writes `workdir` (a valid --workdir for
     render and eval). Resumes an interrupted run of the same dataset and schedule; refuses anything else
-    unless `overwrite` (which discards the workdir's avatar). Returns a summary dict."""
+    unless `overwrite` (which discards the workdir's avatar). `avatar_config` carries the run-time choices
+    (image_size S, uv_resolution R; default `default_avatar_config()`), its prior is replaced by the
+    loaded one's. Returns a summary dict."""
     stages = tuple(stages or small_schedule())
     cfg = cfg or AdaptConfig()
     os.makedirs(workdir, exist_ok=True)
     with DirectoryLock(workdir, "ggtalker adapt"):
         network, prior, source = priors_lib.load_or_init(priors, avatar_config.prior if avatar_config else None)
-        config = dataclasses.replace(avatar_config or avatar_lib.AvatarConfig(), prior=prior)
+        config = dataclasses.replace(avatar_config or default_avatar_config(), prior=prior)
         config = dataclasses.replace(config, uv_resolution=config.resolved_uv_resolution)   # recorded as chosen
         static = avatar_lib.AvatarStatic.build(config)
         subject = dataset_lib.SubjectView(data_dir, config.image_size)

@@ -1,0 +1,173 @@
+"""Fidelity benchmark on real clips (issue 15): prepare -> adapt -> eval with the CLI's defaults, or with
+overrides, per clip; prints a table and writes JSON + a frame grid (real | render | error) per clip.
+
+Per run: avatar size, UV resolution and Gaussians, adaptation wall time and peak RSS (of the `ggtalker
+adapt` process), held-out PSNR / SSIM / LMD, and the correlation of the rendered mouth opening with the
+real one on the test split. `--loop_to_seconds` also adapts on the clip looped to that length (a long
+clip for the peak-memory target) and reports its peak RSS.
+
+    python experiments/bench_fidelity.py --data_dir /work/shared/data --clips german_anchor_20s \
+        --max_seconds 20 --out /tmp/bench_fidelity [--image_size 256 --uv_resolution 128 \
+        --steps_per_stage 60 --learning_rate 3e-3 --schedule small] [--loop_to_seconds 300]
+
+Each run is the CLI as a user runs it (child processes running `ggtalker_jax.cli.main`); note the machine's
+load (`uptime`, printed) next to any wall time.
+"""
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"),
+                    "folder with the real clips (.mp4)")
+flags.DEFINE_list("clips", None, "clip names (stems) to run (default: every .mp4 in --data_dir)")
+flags.DEFINE_float("max_seconds", 20.0, "use the first seconds of each clip")
+flags.DEFINE_integer("prepare_size", 512, "crop size of `ggtalker prepare`")
+flags.DEFINE_string("cache", "/tmp/bench_fidelity_prepared", "prepared clips are cached here")
+flags.DEFINE_string("out", "/tmp/bench_fidelity", "output folder (workdirs, eval reports, grids, JSON)")
+flags.DEFINE_enum("schedule", "small", ["small", "paper"], "adaptation schedule")
+flags.DEFINE_integer("image_size", None, "override --image_size (default: the CLI's)")
+flags.DEFINE_integer("uv_resolution", None, "override --uv_resolution (default: the CLI's)")
+flags.DEFINE_integer("steps_per_stage", None, "override --steps_per_stage (default: the CLI's)")
+flags.DEFINE_float("learning_rate", None, "override --learning_rate (default: the schedule's)")
+flags.DEFINE_float("minutes_scale", None, "override --minutes_scale (paper schedule)")
+flags.DEFINE_integer("max_test_frames", None, "evaluate at most this many test frames")
+flags.DEFINE_float("loop_to_seconds", 0.0, "also adapt on the first clip looped to this length (peak memory)")
+flags.DEFINE_integer("loop_steps", 5, "steps per stage of the looped-clip run (memory, not quality)")
+
+
+def cli(*args: str) -> tuple[float, float]:
+    """Runs `ggtalker ARGS` in a child process; returns (wall seconds, the child's peak RSS in GB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    entry = "import sys; from ggtalker_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", entry, *args, *(["--noprogress"] if args[0] != "eval" else [])])
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"ggtalker {' '.join(args)} exited with {proc.returncode}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of the children is the largest of any child so far (kB); a smaller one reads as the old max.
+    return wall, (peak / 1e6 if peak > before else float("nan"))
+
+
+def prepared(clip: pathlib.Path) -> pathlib.Path:
+    out = pathlib.Path(FLAGS.cache) / f"{clip.stem}_{FLAGS.prepare_size}_{FLAGS.max_seconds:g}s"
+    if not (out / "tracking.npz").is_file():
+        cli("prepare", "--video", str(clip), "--out", str(out), "--size", str(FLAGS.prepare_size),
+            "--max_seconds", f"{FLAGS.max_seconds:g}", "--overwrite")
+    return out
+
+
+def adapt_flags(steps: int | None = None) -> list[str]:
+    out = ["--schedule", FLAGS.schedule]
+    for name in ("image_size", "uv_resolution", "steps_per_stage", "learning_rate", "minutes_scale"):
+        value = getattr(FLAGS, name)
+        if name == "steps_per_stage" and steps is not None:
+            value = steps
+        if value is not None:
+            out += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return out
+
+
+def looped_dataset(src: pathlib.Path, dst: pathlib.Path, seconds: float) -> pathlib.Path:
+    """A prepared dataset of `src` played forwards again and again to `seconds` (frames hard-linked or
+    copied, per-frame arrays tiled, tracking tiled) - a long clip for the memory measurement."""
+    from ggtalker_jax.data import dataset as ds
+
+    data = ds.PreparedDataset(src)
+    n = data.num_frames
+    total = int(round(seconds * data.fps))
+    reps = int(np.ceil(total / n))
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(ds.FRAMES_DIR, ds.MASKS_DIR, "*.npz", "*.npy",
+                                                            "*.json"))
+    for sub, name in ((ds.FRAMES_DIR, ds.frame_name), (ds.MASKS_DIR, ds.mask_name)):
+        (dst / sub).mkdir(exist_ok=True)
+        for t in range(total):
+            a, b = src / name(t % n), dst / name(t)
+            try:
+                os.link(a, b)
+            except OSError:
+                shutil.copyfile(a, b)
+    tile = lambda x: np.concatenate([x] * reps)[:total] if np.ndim(x) and len(x) == n else x
+    for path in list(src.glob("*.npz")):
+        with np.load(path) as z:
+            np.savez(dst / path.name, **{k: tile(z[k]) for k in z.files})
+    for path in list(src.glob("*.npy")):
+        np.save(dst / path.name, tile(np.load(path)))
+    meta = json.loads((src / "meta.json").read_text())
+    meta.update(num_frames=total, split=ds.split_ranges(total))
+    for path in src.glob("*.json"):
+        if path.name != "meta.json":
+            shutil.copyfile(path, dst / path.name)
+    (dst / "meta.json").write_text(json.dumps(meta, indent=2))
+    return dst
+
+
+def run_clip(clip: pathlib.Path, out: pathlib.Path) -> dict:
+    data = prepared(clip)
+    work, report = out / clip.stem / "workdir", out / clip.stem / "eval"
+    adapt_s, rss = cli("adapt", "--data", str(data), "--workdir", str(work), "--overwrite", *adapt_flags())
+    eval_args = ["eval", "--workdir", str(work), "--out", str(report)]
+    if FLAGS.max_test_frames:
+        eval_args += ["--max_test_frames", str(FLAGS.max_test_frames)]
+    cli(*eval_args)
+    metrics = json.loads((report / "metrics.json").read_text())
+    avatar = json.loads((work / "avatar.json").read_text())["avatar"]
+    from ggtalker_jax import avatar as avatar_lib
+    static = avatar_lib.AvatarStatic.build(avatar_lib.AvatarConfig.from_dict(avatar))
+    grid = out / f"{clip.stem}_grid.png"
+    shutil.copyfile(report / "frame_grid.png", grid)
+    return {"clip": clip.stem, "seconds": FLAGS.max_seconds, "image_size": avatar["image_size"],
+            "uv_resolution": avatar["uv_resolution"], "gaussians": static.num_gaussians,
+            "adapt_s": round(adapt_s, 1), "adapt_peak_rss_gb": round(rss, 2), "psnr": metrics["psnr"],
+            "ssim": metrics["ssim"], "lmd": metrics["lmd"], "mouth_corr_real": metrics.get("mouth_corr_real"),
+            "grid": str(grid), "flags": adapt_flags()}
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    data_dir = pathlib.Path(FLAGS.data_dir)
+    clips = sorted(data_dir.glob("*.mp4")) if not FLAGS.clips else [data_dir / f"{c}.mp4" for c in FLAGS.clips]
+    missing = [str(c) for c in clips if not c.is_file()]
+    if missing or not clips:
+        raise app.UsageError(f"--clips / --data_dir: no such clips {missing or str(data_dir)}")
+    out = pathlib.Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    rows = [run_clip(c, out) for c in clips]
+    result = {"machine": {"cpus": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg()},
+              "runs": rows}
+    if FLAGS.loop_to_seconds:
+        looped = looped_dataset(prepared(clips[0]), pathlib.Path(FLAGS.cache) / f"{clips[0].stem}_looped",
+                                FLAGS.loop_to_seconds)
+        wall, rss = cli("adapt", "--data", str(looped), "--workdir", str(out / "looped_workdir"), "--overwrite",
+                        *adapt_flags(FLAGS.loop_steps))
+        result["long_clip"] = {"seconds": FLAGS.loop_to_seconds, "steps_per_stage": FLAGS.loop_steps,
+                               "adapt_s": round(wall, 1), "adapt_peak_rss_gb": round(rss, 2)}
+        print(f"long clip ({FLAGS.loop_to_seconds:g} s looped): adapt peak RSS {rss:.2f} GB, {wall:.0f} s")
+    head = f"{'clip':<28}{'S':>5}{'R':>5}{'gaussians':>10}{'adapt s':>9}{'RSS GB':>8}{'PSNR':>7}{'SSIM':>7}" \
+           f"{'LMD':>7}{'mouth r':>9}"
+    print(head)
+    for r in rows:
+        print(f"{r['clip']:<28}{r['image_size']:>5}{r['uv_resolution']:>5}{r['gaussians']:>10}{r['adapt_s']:>9.0f}"
+              f"{r['adapt_peak_rss_gb']:>8.2f}{r['psnr']:>7.2f}{r['ssim']:>7.3f}{r['lmd']:>7.2f}"
+              f"{(r['mouth_corr_real'] if r['mouth_corr_real'] is not None else float('nan')):>9.2f}")
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    (out / "bench_fidelity.json").write_text(json.dumps(result, indent=2, default=float))
+    print(f"wrote {out / 'bench_fidelity.json'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
