@@ -15,7 +15,7 @@ import time
 
 
 def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prior_steps: int = 400,
-             image_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
+             image_size: int = 256, seed: int = 0, progress: bool = True, uv_resolution: int = 128) -> dict:
     from ggtalker_jax import avatar as avatar_lib
     from ggtalker_jax import priors as priors_lib
     from ggtalker_jax.audio import io as audio_io
@@ -33,7 +33,7 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     print(f"[1/4] default subject: {subject} ({times['subject_s']:.1f} s)")
 
     t0 = time.perf_counter()
-    avatar_cfg = avatar_lib.AvatarConfig.small(image_size)
+    avatar_cfg = avatar_lib.AvatarConfig.small(image_size, uv_resolution=uv_resolution)
     priors_dir = None
     bundled = os.path.join(priors_lib.BUNDLED, priors_lib.WEIGHTS)
     if not os.path.exists(bundled) or not priors_lib.same_networks(priors_lib.read_prior_config(priors_lib.BUNDLED)[0],

@@ -165,7 +165,7 @@ def _head_psnr(out, subject, idx) -> float:
 
 
 def test_uv_layout_init_covers_the_head_and_a_tiny_adaptation_improves_psnr(subject_dir, tmp_path):
-    size, r = 48, 48
+    size, r = 32, 32
     config = avatar_lib.AvatarConfig.small(image_size=size, uv_resolution=r)
     network, prior, _ = priors_lib.load_or_init(None, config.prior)
     config = dataclasses.replace(config, prior=prior)

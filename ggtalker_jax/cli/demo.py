@@ -14,7 +14,9 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_integer("steps_per_stage", 60, "adaptation steps per stage", flag_values=fv)
     flags.DEFINE_integer("prior_steps", 400, "steps of the quick small priors when none are bundled",
                          flag_values=fv)
-    flags.DEFINE_integer("image_size", 64, "render size of the avatar (a multiple of 16)", flag_values=fv)
+    flags.DEFINE_integer("image_size", 256, "render size of the avatar (a multiple of 16)", flag_values=fv)
+    flags.DEFINE_integer("uv_resolution", 128, "R: the avatar's UV map is R x R texels (one Gaussian each on "
+                         "the head)", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "seed of the default subject", flag_values=fv)
     cli_flags.no_positional(cli_flags.parse_flags(fv, argv))
     cli_flags.positive("seconds", fv.seconds, 1.0, inclusive=True)
@@ -24,7 +26,11 @@ def main(argv: list[str]) -> int:
 
     from ggtalker_jax.demo import run_demo
 
-    result = run_demo(fv.out, fv.seconds, fv.steps_per_stage, fv.prior_steps, fv.image_size, fv.seed)
+    from ggtalker_jax.train.adapt import default_avatar_config
+
+    default_avatar_config("small", fv.image_size, fv.uv_resolution)          # bad sizes fail now, naming the flag
+    result = run_demo(fv.out, fv.seconds, fv.steps_per_stage, fv.prior_steps, fv.image_size, fv.seed,
+                      uv_resolution=fv.uv_resolution)
     total = sum(result["times"].values())
     print(f"\ndemo done in {total:.0f} s")
     print(f"video:   {result['video']}")

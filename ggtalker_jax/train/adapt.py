@@ -44,9 +44,9 @@ PARAM_GROUPS = ("uv_delta", "generator", "head", "a2e", "color_mlp", "inpainter"
 VISUAL_GROUPS = ("uv_delta", "generator", "head", "color_mlp", "inpainter")
 UNLIMITED_STEPS = 10 ** 9
 
-# What `ggtalker adapt` uses unless told otherwise. --schedule small (a CPU): frame size, UV resolution (R x R
-# texels, about 0.2 R^2 of them on the head) and steps per stage chosen by measurement on 2 CPU cores
-# (experiments/bench_fidelity.py); --schedule paper: GGTalker's 512 px avatar with a 512 x 512 UV map.
+# What `ggtalker adapt` uses unless told otherwise. --schedule small (a CPU): frame size S, UV resolution R
+# (R x R texels, nearly all bound: R = 128 gives 16k Gaussians on the open head) and steps per stage, sized
+# for 2 CPU cores (experiments/bench_fidelity.py); --schedule paper: GGTalker's 512 px avatar, 512 x 512 UV map.
 CPU_IMAGE_SIZE, CPU_UV_RESOLUTION, CPU_STEPS_PER_STAGE, CPU_LEARNING_RATE = 256, 128, 60, 3e-3
 PAPER_IMAGE_SIZE, PAPER_UV_RESOLUTION = 512, 512
 
