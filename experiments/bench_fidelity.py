@@ -26,8 +26,9 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"),
-                    "folder with the real clips (.mp4)")
+flags.DEFINE_string("data_dir", os.environ.get("GGTALKER_SHARED_DATA",
+                                              str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")),
+                    "folder with the real clips (.mp4); default $GGTALKER_SHARED_DATA or ../shared/data")
 flags.DEFINE_list("clips", None, "clip names (stems) to run (default: every .mp4 in --data_dir)")
 flags.DEFINE_float("max_seconds", 20.0, "use the first seconds of each clip")
 flags.DEFINE_integer("prepare_size", 512, "crop size of `ggtalker prepare`")

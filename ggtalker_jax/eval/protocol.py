@@ -136,7 +136,10 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
     t0 = time.perf_counter()
     expr = predict_expressions(adapted, data.audio[test], opts)
     a2e_s = time.perf_counter() - t0
-    poses = {k: data.tracking[k][test] for k in POSE_KEYS}
+    # The test frames' tracked poses, with whatever correction adaptation learned for them (none: adaptation
+    # only trains on the training split, so these are the tracked poses as they are).
+    poses = {k: np.asarray(v) for k, v in avatar_lib.corrected_pose(
+        params["head"], {k: data.tracking[k][test] for k in POSE_KEYS}, test).items()}
     t0 = time.perf_counter()
     pred = _render_sequence(adapted, expr, poses, test)
     render_s = time.perf_counter() - t0
