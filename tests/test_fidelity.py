@@ -187,4 +187,5 @@ def test_uv_layout_init_covers_the_head_and_a_tiny_adaptation_improves_psnr(subj
     _, after = _render(static, params, stats, subject, test, uv_input)
     p0, p1, p2 = (_head_psnr(o, subject, test) for o in (before, first, after))
     print(f"held-out head PSNR: prior {p0:.2f} dB, UV-layout init {p1:.2f} dB, 30 steps {p2:.2f} dB")
-    assert p2 >= p0 + 3.0 and p2 >= p1
+    # Measured (2 CPU cores): prior 18.3 dB, UV-layout init 22.3 dB, after 30 steps 28.7 dB.
+    assert p2 >= p0 + 6.0 and p2 >= p1 + 3.0
