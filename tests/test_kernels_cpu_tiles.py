@@ -268,7 +268,8 @@ def test_packed_binning_equals_bin_gaussians(num_cameras, n):
     tw, th = 5, 4
     means2d = jnp.asarray(rng.uniform(-10, 90, (num_cameras, n, 2)), jnp.float32)
     depths = jnp.asarray(rng.integers(1, 6, (num_cameras, n)).astype(np.float32))  # many exact ties
-    radii = jnp.asarray(rng.integers(0, 20, (num_cameras, n)), jnp.int32)  # incl. culled (0)
+    radii = rng.integers(0, 20, (num_cameras, n, 2))  # per-axis radii, incl. culled (0 on either axis)
+    radii = jnp.asarray(np.where(radii.min(-1, keepdims=True) == 0, 0, radii), jnp.int32)
     counts = np.asarray(jnp.sum((lambda r: (r[2] - r[0]) * (r[3] - r[1]))(tile_rects(means2d, radii, 16, tw, th))))
     for capacity in (4096, int(counts) // 2):
         a = jax.jit(bin_gaussians, static_argnums=(3, 4, 5, 6))(means2d, depths, radii, 16, tw, th, capacity)
@@ -301,7 +302,7 @@ def test_gradients_match_central_finite_differences_float64():
         opacities = jnp.asarray(rng.uniform(0.3, 0.9, (1, n)))
         colors = jnp.asarray(rng.uniform(0, 1, (1, n, 3)))
         depths = jnp.asarray(rng.uniform(1, 2, (1, n)))
-        radii = jnp.full((1, n), 9, jnp.int32)
+        radii = jnp.full((1, n, 2), 9, jnp.int32)
         weights = jnp.asarray(rng.normal(size=(1, 16, 16, 3)))
         t_weights = jnp.asarray(rng.normal(size=(1, 16, 16)))
 
