@@ -55,12 +55,12 @@ def prepared(clip: pathlib.Path) -> pathlib.Path:
 def residuals_px(model, tracking: dict, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Model landmarks projected with the tracked parameters minus MediaPipe's: ([T, L] px, mp index [L])."""
     from ggtalker_jax import head
-    from ggtalker_jax.data.track import project
+    from ggtalker_jax.render.camera import head_space_to_pixels
 
     kw = {k: jnp.asarray(tracking[k]) for k in ("expression", "jaw_pose", "neck_pose", "eye_pose", "global_rot",
                                                  "translation") if k in tracking}
     out = head.forward(model, shape=jnp.asarray(tracking["shape"]), **kw)
-    pix = np.asarray(project(out.landmarks, float(tracking["K"][0, 0]), size))
+    pix = np.asarray(head_space_to_pixels(out.landmarks, tracking["K"])[0])
     idx = np.asarray(model.lmk_mediapipe_index)
     return np.linalg.norm(pix - landmarks[:, idx, :2], axis=-1), idx
 
