@@ -24,7 +24,9 @@ flags.DEFINE_list("clips", None, "clips to track (default: every .mp4 in --data_
 flags.DEFINE_integer("size", 512, "prepared crop size in pixels (errors are in these pixels)")
 flags.DEFINE_float("max_seconds", 4.0, "use the first seconds of each clip")
 flags.DEFINE_string("cache", "/tmp/bench_tracking", "prepared clips are cached here (keyed by clip/size/seconds)")
-flags.DEFINE_string("head", "open", "head model: 'open' or FLAME's generic_model.pkl")
+flags.DEFINE_string("head", "open", "head model: 'open', 'procedural' (the open head before its face was "
+                    "conformed to MediaPipe's mesh: open head v1's geometry, 154 points embedded) or FLAME's "
+                    "generic_model.pkl")
 flags.DEFINE_string("landmark_embedding", None, "MediaPipe landmark embedding .npz (FLAME)")
 flags.DEFINE_string("out", "/tmp/bench_tracking.json", "JSON output path")
 
@@ -55,12 +57,12 @@ def prepared(clip: pathlib.Path) -> pathlib.Path:
 def residuals_px(model, tracking: dict, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Model landmarks projected with the tracked parameters minus MediaPipe's: ([T, L] px, mp index [L])."""
     from ggtalker_jax import head
-    from ggtalker_jax.data.track import project
+    from ggtalker_jax.render.camera import head_space_to_pixels
 
     kw = {k: jnp.asarray(tracking[k]) for k in ("expression", "jaw_pose", "neck_pose", "eye_pose", "global_rot",
                                                  "translation") if k in tracking}
     out = head.forward(model, shape=jnp.asarray(tracking["shape"]), **kw)
-    pix = np.asarray(project(out.landmarks, float(tracking["K"][0, 0]), size))
+    pix = np.asarray(head_space_to_pixels(out.landmarks, tracking["K"])[0])
     idx = np.asarray(model.lmk_mediapipe_index)
     return np.linalg.norm(pix - landmarks[:, idx, :2], axis=-1), idx
 
@@ -73,7 +75,12 @@ def main(_):
     data = pathlib.Path(FLAGS.data_dir)
     clips = [data / c for c in FLAGS.clips] if FLAGS.clips else sorted(data.glob("*.mp4"))
     kwargs = {"landmark_embedding": FLAGS.landmark_embedding} if FLAGS.landmark_embedding else {}
-    model = head.load(FLAGS.head, **kwargs)
+    if FLAGS.head == "procedural":
+        from ggtalker_jax.head import open_head
+        from ggtalker_jax.head.model import from_arrays
+        model = from_arrays(open_head.procedural_head_arrays(), "procedural", open_head.EXPRESSION_NAMES)
+    else:
+        model = head.load(FLAGS.head, **kwargs)
     reg = regions()
     rows = []
     for clip in clips:
@@ -85,7 +92,7 @@ def main(_):
             shutil.rmtree(work)
         shutil.copytree(src, work)
         t0 = time.perf_counter()
-        track_dataset(str(work), head=FLAGS.head, **kwargs)
+        track_dataset(str(work), head=model)
         track_s = time.perf_counter() - t0
         ds = PreparedDataset(work)
         with np.load(work / "tracking.npz") as z:

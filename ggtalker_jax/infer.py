@@ -1,8 +1,9 @@
 """Inference: make an adapted subject say new audio, in any language.
 
     audio file --features--> A2E (DDIM, window by window, the prior's windowing) --> expressions [T, 53]
-    head pose + eyes: from the subject's video (looped back and forth to the audio's length), static,
-    or a user file; blinks optionally re-timed with --blink_rate
+    head pose: from the subject's video (looped back and forth to the audio's length), static, or a file
+    eyes (every head model): blinks from the video or at --blink_rate, gaze from the video, into the
+    camera or from a file (--gaze)
     render + inpaint in batches (jit) --> watermark --> H.264 mp4 with the driving audio
 
 Frames are rendered, watermarked and encoded batch by batch, so memory stays bounded whatever the length
@@ -33,12 +34,14 @@ from ggtalker_jax.workdir import Adapted
 # so every video the product writes carries a mark that survives those re-encodes.
 MIN_OUTPUT_SIZE = 512
 MAX_BLINK_RATE = 120.0      # blinks per minute; people blink 10-30 times a minute
+MAX_GAZE_RADIANS = 0.8      # an eye turns up to about 45 degrees from straight ahead
 
 
 @dataclasses.dataclass(frozen=True)
 class RenderOptions:
     pose: str = "video"                 # "video" | "static" | path to an .npz with [T, 3] global_rot/translation
     blink_rate: float | None = None     # blinks per minute; None keeps the video's eye motion
+    gaze: str = "video"                 # "video" | "camera" | path to an eye_pose file (see `eye_motion`)
     num_diffusion_steps: int = 10
     guidance: float = 1.0
     batch_size: int = 8
@@ -51,6 +54,8 @@ class RenderOptions:
                                                 and 0 <= self.blink_rate <= MAX_BLINK_RATE):
             raise UsageError(f"--blink_rate {self.blink_rate}: must be a number of blinks per minute in "
                              f"[0, {MAX_BLINK_RATE:g}] (people blink 10-30 times a minute)")
+        if not isinstance(self.gaze, str) or not self.gaze:
+            raise UsageError(f"--gaze {self.gaze!r}: use video, camera or the path of an eye_pose .npz/.npy")
         if self.num_diffusion_steps < 1:
             raise UsageError(f"--steps {self.num_diffusion_steps}: the A2E sampler needs at least 1 DDIM step")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
@@ -130,28 +135,51 @@ def driving_poses(subject, num: int, opts: RenderOptions, head_params: dict | No
     return poses, idx
 
 
-def apply_blinks(expression53: np.ndarray, blink_dims: list[int], rate_per_min: float, fps: float,
-                 seed: int = 0) -> np.ndarray:
-    """Replaces the blink components with blinks at `rate_per_min` (150 ms close-open each)."""
-    out = expression53.copy()
-    if not blink_dims:
-        return out
-    t = out.shape[0]
-    rng = np.random.default_rng(seed)
-    curve = np.zeros(t, np.float32)
-    if rate_per_min > 0:
-        mean_gap = 60.0 * fps / rate_per_min
-        pos = rng.exponential(mean_gap) / 2
-        width = max(2, int(round(0.15 * fps)))
-        while pos < t:
-            c = int(pos)
-            for d in range(-width, width + 1):
-                if 0 <= c + d < t:
-                    curve[c + d] = max(curve[c + d], 1.0 - abs(d) / (width + 1))
-            pos += max(width * 3, rng.exponential(mean_gap))
-    for d in blink_dims:
-        out[:, d] = curve
-    return out
+def load_gaze(path: str, num_frames: int) -> np.ndarray:
+    """eye_pose [num_frames, 6] from a `--gaze` FILE (`ggtalker_jax.head.eyes.load_gaze_file`: an .npz with
+    eye_pose [T, 6] or [T, 3], or such an .npy), checked: a missing file is a `UsageError`, a malformed one
+    or rotations beyond MAX_GAZE_RADIANS a `MediaError`, each naming the file."""
+    from ggtalker_jax.head import eyes
+    try:
+        arr = eyes.load_gaze_file(path, num_frames)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise MediaError(str(e)) from None
+    angle = np.linalg.norm(arr.reshape(-1, 2, 3), axis=-1)
+    if angle.size and angle.max() > MAX_GAZE_RADIANS:
+        raise MediaError(f"--gaze {path}: an eye turns {angle.max():.2f} rad; eyes turn at most "
+                         f"{MAX_GAZE_RADIANS:g} rad (about 45 degrees) from straight ahead (axis-angle in radians, "
+                         "not degrees)")
+    return arr
+
+
+def eye_motion(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np.ndarray,
+               opts: RenderOptions) -> tuple[np.ndarray, dict]:
+    """Blinks and gaze of the output frames, for every head model (`ggtalker_jax.head.eyes`): expr [T, 53],
+    poses {key: [T, k]} (from `driving_poses`), src_idx [T] -> (expr, poses) with
+
+      blinks  --blink_rate R: random blinks at R per minute along the model's blink directions (named
+              components, or derived from its lids for FLAME); else with --pose video the blink amounts
+              of the video frames each output frame borrows; else the A2E's expressions as they are
+      gaze    "video": the tracked eye_pose of those frames; "camera": looking into the camera for the
+              driving head poses; FILE: eye_pose [T, 6] from the file (`load_gaze`)."""
+    from ggtalker_jax.head import eyes
+    model, subject = adapted.static.head_model, adapted.subject
+    num = expr.shape[0]
+    basis = eyes.blink_basis(model)
+    if opts.blink_rate is not None:
+        expr = eyes.set_blinks(basis, expr, eyes.blink_curve(num, subject.fps, opts.blink_rate, opts.seed))
+    elif opts.pose == "video":                      # the eyes follow the video by default
+        expr = eyes.set_blinks(basis, expr, eyes.blink_amount(basis, subject.expression53[src_idx]))
+    poses = dict(poses)
+    if opts.gaze == "camera":
+        poses["eye_pose"] = eyes.gaze_eye_pose(
+            "camera", model, num, global_rot=poses["global_rot"], translation=poses["translation"],
+            neck_pose=poses["neck_pose"], shape=np.asarray(adapted.params["head"]["shape"]), expression53=expr)
+    elif opts.gaze != "video":
+        poses["eye_pose"] = load_gaze(opts.gaze, num)
+    return np.asarray(expr, np.float32), poses
 
 
 def render_sequence(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np.ndarray,
@@ -176,19 +204,20 @@ def render_sequence(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np
 
 
 def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptions = RenderOptions(),
-                 frames_dir: str | None = None, progress: bool = True, data_dir: str | None = None) -> dict:
-    """Renders `out_path` (H.264 mp4 with the audio) for an adapted subject. Returns a summary."""
+                 frames_dir: str | None = None, progress: bool = True, data_dir: str | None = None,
+                 head: str | None = None, landmark_embedding: str | None = None) -> dict:
+    """Renders `out_path` (H.264 mp4 with the audio) for an adapted subject. Returns a summary. head /
+    landmark_embedding: new paths of the head model's files (`ggtalker_jax.workdir.load_adapted`)."""
     from ggtalker_jax import watermark
     from ggtalker_jax.audio import features as audio_features
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax import media
-    from ggtalker_jax.head import blink_dimensions
     from ggtalker_jax.workdir import load_adapted
 
     timings = {}
     t0 = time.perf_counter()
     wav, sr = audio_io.load_audio(audio_path, sr=16000)
-    adapted = load_adapted(workdir, data_dir)
+    adapted = load_adapted(workdir, data_dir, head, landmark_embedding)
     subject = adapted.subject
     audio_io.check_not_silent(wav, audio_path)
     feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=subject.fps)
@@ -199,11 +228,7 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     expr = predict_expressions(adapted, feats, opts)
     timings["a2e_s"] = time.perf_counter() - t0
     poses, src_idx = driving_poses(subject, num, opts, adapted.params["head"])
-    blink_dims = blink_dimensions(adapted.static.head_model)
-    if opts.blink_rate is not None:
-        expr = apply_blinks(expr, blink_dims, opts.blink_rate, subject.fps, opts.seed)
-    elif blink_dims and opts.pose == "video":  # eyes follow the video by default
-        expr[:, blink_dims] = subject.expression53[src_idx][:, blink_dims]
+    expr, poses = eye_motion(adapted, expr, poses, src_idx, opts)
 
     size = max(opts.output_size or adapted.static.config.image_size, MIN_OUTPUT_SIZE)
     key = watermark.load_key(create=True)

@@ -8,6 +8,12 @@ The A2E prior and the Expression-Visual prior trainers each update their part of
 (`update_priors`), so adaptation loads one thing. `load_or_init` falls back to the bundled small priors
 (`ggtalker_jax/assets/priors_small`, when present and of the asked definition) and then to freshly
 initialised networks. Every read error names the file and says how to fix it (`PriorsError`).
+
+Head model. A prior is trained on one head model (`PriorConfig.head_model`): the generator learned its UV
+layout, so priors only fit data tracked with that model. `ggtalker adapt` refuses (`PriorsError`,
+`check_priors_head_model`) priors of another head model than the dataset's, saying which priors to use;
+without --priors it takes the bundled small priors (open head) for open-head data and starts from fresh
+networks (with a warning) for data tracked with FLAME.
 """
 from __future__ import annotations
 
@@ -113,6 +119,43 @@ def same_networks(a: avatar_lib.PriorConfig, b: avatar_lib.PriorConfig) -> bool:
     """Whether two prior definitions have the same networks and head model (their A2E windowing may differ:
     it is how each A2E was trained, and comes with its weights)."""
     return (a.models_preset, a.head_model) == (b.models_preset, b.head_model)
+
+
+def head_model_name(head_record: dict | None) -> str:
+    """`PriorConfig.head_model` for the head model of a head-model record: "open", or the FLAME model
+    file's path."""
+    if not head_record or head_record.get("kind", "open") == "open":
+        return "open"
+    files = {f["role"]: f["path"] for f in head_record.get("files", [])}
+    return files.get("model", str(head_record.get("kind")))
+
+
+def fits_head_model(prior: avatar_lib.PriorConfig, head_record: dict | None) -> bool:
+    """Whether priors of definition `prior` were trained on the head model of `head_record`: both the open
+    head, or both FLAME with the same model file (same path, or the prior's file on this machine has the
+    recorded content)."""
+    want = head_model_name(head_record)
+    if "open" in (want, prior.head_model):
+        return want == prior.head_model
+    if os.path.abspath(prior.head_model) == os.path.abspath(want):
+        return True
+    from ggtalker_jax.head.record import file_sha256
+    sha = {f["role"]: f["sha256"] for f in head_record.get("files", [])}.get("model")
+    return os.path.isfile(prior.head_model) and sha is not None and file_sha256(prior.head_model) == sha
+
+
+def check_priors_head_model(directory: str, head_record: dict | None, data_dir: str) -> None:
+    """Raises `PriorsError` (saying which priors to use) unless the priors in `directory` were trained on
+    the head model `data_dir` was tracked with (`head_record`)."""
+    prior, _ = read_prior_config(directory)
+    if fits_head_model(prior, head_record):
+        return
+    want = head_model_name(head_record)
+    raise PriorsError(
+        f"--priors {directory} were trained on head model {prior.head_model!r} (its UV layout is what their "
+        f"generator learned), but {data_dir} was tracked with head model {want!r}; use priors trained on "
+        f"{want!r} (experiments/train_ev_prior.py on data prepared with it), leave --priors out to start from "
+        f"fresh networks, or re-run `ggtalker prepare --head {prior.head_model}` for these priors")
 
 
 def load_or_init(directory: str | None, prior: avatar_lib.PriorConfig | None = None):

@@ -2,8 +2,10 @@
 (through `ggtalker_jax.train.adapt`); `ggtalker render` and `ggtalker eval` read it with `load_adapted`.
 
     WORKDIR/avatar.json          the record: format version, AvatarConfig, the prepared dataset it was
-                                 adapted on (path + digest), priors (source + digest), A2E style row,
-                                 the adaptation schedule, and how many stages are finished
+                                 adapted on (path + digest), the head model (its record, see
+                                 `ggtalker_jax.head.record`: kind, files + sha256, topology), priors
+                                 (source + digest), A2E style row, the adaptation schedule, and how many
+                                 stages are finished
     WORKDIR/checkpoints/avatar/  Orbax: the avatar's parameters after each finished stage (step = stage
                                  number; the newest is the adapted avatar)
     WORKDIR/checkpoints/stage_K/ the running stage's full training state (removed once the stage is done)
@@ -12,6 +14,12 @@
 
 A rerun of `adapt` on a workdir continues only the run it recorded (same dataset, same schedule); anything
 else is refused with the reason (`RefusedError`), so an avatar never mixes two identities.
+
+Head model. The avatar's head model is the one its dataset was tracked with (tracking parameters mean
+nothing on another mesh): `adapt` takes it from the dataset's record (tracking.npz), `render` / `eval`
+from avatar.json, loading the recorded files again (FLAME: model, landmark embedding, UV file). When they
+moved, `--head FILE --landmark_embedding FILE` give their new paths; a missing file or one whose content
+differs from the record is a `WorkdirError` (a `DatasetError` in `adapt`) naming it and the fix.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import jax
 import numpy as np
 
 from ggtalker_jax import avatar as avatar_lib
+from ggtalker_jax import head as head_lib
 from ggtalker_jax.checkpoint import Checkpointer
 from ggtalker_jax.data import dataset as dataset_lib
 from ggtalker_jax.errors import DatasetError, RefusedError, WorkdirError
@@ -130,9 +139,23 @@ def identity_template(static: avatar_lib.AvatarStatic, subject: dataset_lib.Subj
     return avatar_lib.init_identity_params(network, static, subject.num_frames, subject.tracking["shape"])
 
 
-def load_adapted(workdir: str, data_dir: str | None = None) -> Adapted:
+def load_head_model(record: dict | None, head: str | None = None, landmark_embedding: str | None = None,
+                    where: str = "tracking.npz", error: type = WorkdirError) -> head_lib.HeadModel:
+    """The head model of a head-model `record` (`ggtalker_jax.head.record`; None: `head` or the open head),
+    its files read from the recorded paths unless `head` / `landmark_embedding` give new ones. A missing
+    file, an unreadable one or one that is not the recorded model raises `error` (naming `where`, the file
+    and the fix)."""
+    try:
+        return head_lib.load_recorded_head(record, head, landmark_embedding, where)
+    except (OSError, ValueError) as e:        # FileNotFoundError, HeadModelMismatchError, a corrupt file
+        raise error(str(e)) from e
+
+
+def load_adapted(workdir: str, data_dir: str | None = None, head: str | None = None,
+                 landmark_embedding: str | None = None) -> Adapted:
     """The adapted avatar in `workdir`. `data_dir` replaces the recorded dataset path (e.g. after moving
-    it); its content must be the one the avatar was adapted on."""
+    it); its content must be the one the avatar was adapted on. `head` / `landmark_embedding` replace the
+    recorded paths of the head model's files (their content must be the recorded one)."""
     record = read_record(workdir)
     if record is None:
         raise WorkdirError(f"{workdir} is not an adapted subject (no {RECORD}); run "
@@ -145,7 +168,9 @@ def load_adapted(workdir: str, data_dir: str | None = None) -> Adapted:
         raise WorkdirError(f"{data_dir} is not the prepared dataset {workdir} was adapted on (its content "
                            "differs); pass the original dataset with --data")
     config = avatar_lib.AvatarConfig.from_dict(record["avatar"])
-    static = avatar_lib.AvatarStatic.build(config)
+    head_record = record.get("head_model") or head_lib.read_record(data_dir)    # older workdirs: the dataset's
+    model = load_head_model(head_record, head, landmark_embedding, where=os.path.join(workdir, RECORD))
+    static = avatar_lib.AvatarStatic.build(config, model)
     try:
         subject = dataset_lib.SubjectView(data_dir, config.image_size)
     except DatasetError as e:
@@ -160,9 +185,12 @@ def load_adapted(workdir: str, data_dir: str | None = None) -> Adapted:
 
 
 def record_for(data_dir: str, config: avatar_lib.AvatarConfig, priors_source: str, priors_digest: str | None,
-               style_id: int, schedule: list[dict], adapt_settings: dict[str, Any]) -> dict:
-    """A fresh avatar.json record (stages_done 0)."""
+               style_id: int, schedule: list[dict], adapt_settings: dict[str, Any],
+               head_model: head_lib.HeadModel | None = None) -> dict:
+    """A fresh avatar.json record (stages_done 0); `head_model`: the avatar's (default: the open head)."""
+    head_record = head_lib.head_model_record(head_model if head_model is not None else head_lib.load("open"))
     record = {"format": FORMAT, "avatar": config.to_dict(), "data": os.path.abspath(data_dir),
-              "data_digest": data_digest(data_dir), "priors": priors_source, "priors_digest": priors_digest,
+              "data_digest": data_digest(data_dir), "head_model": head_record,
+              "priors": priors_source, "priors_digest": priors_digest,
               "style_id": int(style_id), "schedule": schedule, "adapt": adapt_settings, "stages_done": 0}
     return json.loads(json.dumps(record, default=float))      # as it reads back (tuples become lists)

@@ -4,7 +4,9 @@
 keys: 300 shape + 100 expression components in ``shapedirs``, ``posedirs`` [V, 3, 36], ``kintree_table``,
 ...) whose 50 expression components are the open head's mixed by a random rotation (so, like FLAME's,
 none of them is a named blink), and ``mediapipe_landmark_embedding.npz`` (FLAME 2023's keys) holding the
-open head's landmarks without the irises (FLAME's embedding has none).
+open head's landmarks without the irises (FLAME's embedding has none); with `with_uv`, also
+``FLAME_texture.npz`` (FLAME's UV file: ``vt`` with v up, ``ft``) beside the model, holding the open head's
+UV layout, so an avatar can bind Gaussians to it.
 """
 import pickle
 
@@ -14,7 +16,7 @@ from ggtalker_jax.head import mediapipe_points as mp
 from ggtalker_jax.head.open_head import build_open_head_arrays
 
 
-def write_flame_shaped(directory, seed: int = 0, posedirs_scale: float = 0.0):
+def write_flame_shaped(directory, seed: int = 0, posedirs_scale: float = 0.0, with_uv: bool = False):
     """-> (model path, embedding path, mixing matrix [50, 50])."""
     a = build_open_head_arrays()
     rng = np.random.default_rng(seed)
@@ -35,4 +37,8 @@ def write_flame_shaped(directory, seed: int = 0, posedirs_scale: float = 0.0):
     keep = ~np.isin(idx, list(mp.IRIS_POINTS))
     emb_path = directory / "mediapipe_landmark_embedding.npz"
     np.savez(emb_path, lmk_face_idx=a["lmk_faces"][keep], lmk_b_coords=a["lmk_bary"][keep], landmark_indices=idx[keep])
+    if with_uv:
+        vt = np.asarray(a["uvs"], np.float64).copy()
+        vt[:, 1] = 1.0 - vt[:, 1]                                      # FLAME's texture file has v up
+        np.savez(directory / "FLAME_texture.npz", vt=vt, ft=np.asarray(a["uv_faces"], np.int64))
     return model_path, emb_path, mix

@@ -6,9 +6,10 @@ import pytest
 from flame_shaped import write_flame_shaped
 
 from ggtalker_jax import head
-from ggtalker_jax.data.track import _split_neck, project, track_landmarks
+from ggtalker_jax.data.track import _split_neck, centred_intrinsics, track_landmarks
 from ggtalker_jax.head import eyes
 from ggtalker_jax.head import model as model_lib
+from ggtalker_jax.render.camera import head_space_to_pixels
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def _render_landmarks(model, num=32, size=256):
     e53 = eyes.set_blinks(eyes.blink_basis(model), e53, blink)
     out = head.forward(model, expression=e53[:, :50], jaw_pose=e53[:, 50:], eye_pose=np.concatenate([gaze, gaze], -1),
                        global_rot=rot, translation=trans)
-    pix = np.asarray(project(out.landmarks, 0.5 * size / np.tan(np.deg2rad(10)), size))
+    pix = np.asarray(head_space_to_pixels(out.landmarks, centred_intrinsics(0.5 * size / np.tan(np.deg2rad(10)), size))[0])
     lm = np.full((num, 478, 3), np.nan, np.float32)
     lm[:, np.asarray(model.lmk_mediapipe_index), :2] = pix
     lm[..., 2] = 0.0

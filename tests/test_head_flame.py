@@ -11,6 +11,7 @@ from ggtalker_jax import cli, head
 from ggtalker_jax.data import default_subject
 from ggtalker_jax.data.dataset import PreparedDataset
 from ggtalker_jax.data.track import TrackConfig, track_dataset
+from ggtalker_jax.errors import UsageError
 from ggtalker_jax.head import landmark_embedding as emb_lib
 from ggtalker_jax.head.record import HeadModelMismatchError, check_head_model, load_recorded_head, read_record
 
@@ -148,15 +149,18 @@ def test_track_dataset_with_flame_records_the_model(subject, flame, flame_files,
 
 # ---------------------------------------------------------------------------------------------- prepare
 def test_prepare_refuses_bad_head_flags_before_reading_the_video(flame_files, tmp_path, capsys):
-    video = str(tmp_path / "not_read.mp4")
+    video = tmp_path / "not_read.mp4"
+    video.write_bytes(b"\0" * 100)                         # exists; never decoded: the head flags fail first
+    video = str(video)
     base = ["prepare", "--video", video, "--out", str(tmp_path / "o"), "--noprogress"]
-    assert cli.main(base + ["--head", "open", "--landmark_embedding", str(flame_files[1])]) == 1
+    usage = UsageError.exit_code
+    assert cli.main(base + ["--head", "open", "--landmark_embedding", str(flame_files[1])]) == usage
     assert "only for a FLAME --head" in capsys.readouterr().err
-    assert cli.main(base + ["--head", str(flame_files[0])]) == 1
+    assert cli.main(base + ["--head", str(flame_files[0])]) == usage
     assert "--landmark_embedding" in capsys.readouterr().err
-    assert cli.main(base + ["--head", str(flame_files[0]), "--landmark_embedding", str(tmp_path / "no.npz")]) == 1
+    assert cli.main(base + ["--head", str(flame_files[0]), "--landmark_embedding", str(tmp_path / "no.npz")]) == usage
     assert "no.npz" in capsys.readouterr().err
-    assert cli.main(base + ["--head", str(tmp_path / "none.pkl")]) == 1
+    assert cli.main(base + ["--head", str(tmp_path / "none.pkl")]) == usage
     assert "none.pkl" in capsys.readouterr().err
 
 

@@ -1,6 +1,8 @@
 """`ggtalker adapt --data PREPARED_DIR --workdir DIR [--priors DIR] [--schedule small|paper]`: the paper's
 five adaptation stages (`ggtalker_jax.train.adapt`). A rerun with the same flags continues an interrupted
-run; a finished workdir is left as it is; other data or another schedule are refused unless --overwrite."""
+run; a finished workdir is left as it is; other data or another schedule are refused unless --overwrite.
+The avatar's head model is the one the data was tracked with (`--head` / `--landmark_embedding` only
+when its files moved); priors of another head model are refused (`ggtalker_jax.priors`)."""
 from __future__ import annotations
 
 import os
@@ -35,6 +37,7 @@ def define_flags():
     flags.DEFINE_boolean("overwrite", False, "discard an avatar already in --workdir and adapt from the priors",
                          flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    cli_flags.define_head_model_flags(fv)
     return fv
 
 
@@ -55,6 +58,7 @@ def main(argv: list[str]) -> int:
     cli_flags.positive("learning_rate", fv.learning_rate)
     cli_flags.positive("batch_size", fv.batch_size, 1, inclusive=True, integer=True)
     cli_flags.writable_output_dir("workdir", fv.workdir)
+    cli_flags.head_model_files(fv)
 
     from ggtalker_jax import avatar as avatar_lib
     from ggtalker_jax.data.dataset import PreparedDataset
@@ -67,7 +71,8 @@ def main(argv: list[str]) -> int:
     # The prior's own definition replaces the default one here (train.adapt); only the run-time choices count.
     config = adapt.default_avatar_config(fv.schedule, fv.image_size, fv.uv_resolution)
     summary = adapt.adapt(fv.data, fv.workdir, fv.priors, stages, adapt.AdaptConfig(batch_size=fv.batch_size),
-                          avatar_config=config, progress=fv.progress, overwrite=fv.overwrite)
+                          avatar_config=config, progress=fv.progress, overwrite=fv.overwrite,
+                          head=fv.head, landmark_embedding=fv.landmark_embedding)
     for s in summary["stages"]:
         print(f"  {s['name']:<24} {s['steps']:>5} steps {s['seconds']:>8.1f} s  loss "
               f"{s['final'].get('loss', float('nan')):.4f}")

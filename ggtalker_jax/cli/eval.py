@@ -25,6 +25,7 @@ def define_flags():
     flags.DEFINE_enum("mouth_source", "auto", list(MOUTH_SOURCES), "mouth opening of the renders from MediaPipe, "
                       "from the head model's lip landmarks (deterministic), or auto (MediaPipe when it finds "
                       "the face in >= 80% of frames)", flag_values=fv)
+    cli_flags.define_head_model_flags(fv)
     return fv
 
 
@@ -37,11 +38,13 @@ def main(argv: list[str]) -> int:
     cli_flags.existing_file("lpips_weights", fv.lpips_weights, ".npz weights file")
     cli_flags.positive("max_test_frames", fv.max_test_frames, 2, inclusive=True, integer=True)
     cli_flags.writable_output_dir("out", fv.out)
+    cli_flags.head_model_files(fv)
 
     from ggtalker_jax.eval.protocol import evaluate
 
     r = evaluate(fv.workdir, fv.out, fv.cross_id_audio, fv.cross_language_audio, fv.lpips_weights,
-                 fv.max_test_frames, fv.mouth_source, data_dir=fv.data)
+                 fv.max_test_frames, fv.mouth_source, data_dir=fv.data,
+                 head=fv.head, landmark_embedding=fv.landmark_embedding)
     s = r["self_reconstruction"]
     print(f"PSNR {s['psnr']:.2f}  SSIM {s['ssim']:.4f}  LMD {s['lmd']:.3f}  sync offset {s['sync_offset_frames']} "
           f"conf {s['sync_confidence']:.3f}  FPS {s['fps']:.1f}")

@@ -60,6 +60,24 @@ def existing_file(name: str, path: str | None, what: str = "file") -> str | None
     return path
 
 
+def define_head_model_flags(flag_values) -> None:
+    """--head / --landmark_embedding of the commands that read a prepared dataset or an adapted workdir:
+    new paths of the recorded head model's files (when they moved; their content must be the recorded one)."""
+    from absl import flags
+
+    flags.DEFINE_string("head", None, "the head model's file when it moved since `ggtalker prepare` (FLAME's "
+                        "generic_model.pkl; default: the path recorded with the data)", flag_values=flag_values)
+    flags.DEFINE_string("landmark_embedding", None, "the FLAME landmark embedding .npz when it moved (default: "
+                        "the recorded path)", flag_values=flag_values)
+
+
+def head_model_files(flag_values) -> None:
+    """UsageError when --head / --landmark_embedding name a file that does not exist."""
+    if flag_values.head not in (None, "open"):
+        existing_file("head", flag_values.head, "head model file (FLAME's generic_model.pkl)")
+    existing_file("landmark_embedding", flag_values.landmark_embedding, "landmark embedding .npz")
+
+
 def writable_output_dir(name: str, path: str) -> str:
     """Checks that directory `path` can be created or written (before any long work)."""
     target = os.path.abspath(path)

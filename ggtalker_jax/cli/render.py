@@ -1,6 +1,7 @@
 """`ggtalker render --workdir DIR --audio speech.wav --out out.mp4 [--pose video|static|FILE.npz]
-[--blink_rate PER_MIN] [--frames_dir DIR] [--novisible_watermark]`: an adapted subject says new audio
-(`ggtalker_jax.infer.render_video`)."""
+[--blink_rate PER_MIN] [--gaze video|camera|FILE] [--frames_dir DIR] [--novisible_watermark]`: an adapted
+subject says new audio (`ggtalker_jax.infer.render_video`), with the head model it was adapted with
+(`--head` / `--landmark_embedding` when its files moved)."""
 from __future__ import annotations
 
 from ggtalker_jax.cli import flags as cli_flags
@@ -21,6 +22,9 @@ def define_flags():
                         flag_values=fv)
     flags.DEFINE_float("blink_rate", None, "blinks per minute, 0-120 (default: eye motion from the video)",
                        flag_values=fv)
+    flags.DEFINE_string("gaze", "video", "eye direction: video (the subject's tracked gaze) | camera (look into "
+                        "the camera) | FILE (.npz with eye_pose [T, 6] left/right axis-angle in radians, or [T, 3] "
+                        "for both eyes)", flag_values=fv)
     flags.DEFINE_integer("steps", 10, "DDIM steps of the A2E sampler", flag_values=fv)
     flags.DEFINE_float("guidance", 1.0, "classifier-free guidance of the A2E (1 = none)", flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "frames rendered per batch", flag_values=fv)
@@ -31,6 +35,7 @@ def define_flags():
     flags.DEFINE_bool("visible_watermark", True, "draw the visible 'AI-generated' mark (turning it off with "
                       "--novisible_watermark is recorded in the invisible watermark)", flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    cli_flags.define_head_model_flags(fv)
     return fv
 
 
@@ -39,19 +44,22 @@ def main(argv: list[str]) -> int:
     cli_flags.no_positional(cli_flags.parse_flags(fv, argv))
     cli_flags.require(fv, "workdir", "audio", "out")
     cli_flags.existing_file("audio", fv.audio, "audio file")
-    cli_flags.writable_output_file("out", fv.out, fv.overwrite, inputs=(fv.audio, fv.pose))
+    cli_flags.writable_output_file("out", fv.out, fv.overwrite, inputs=(fv.audio, fv.pose, fv.gaze))
+    cli_flags.head_model_files(fv)
     if fv.frames_dir:
         cli_flags.writable_output_dir("frames_dir", fv.frames_dir)
 
-    from ggtalker_jax.infer import RenderOptions, load_pose_file, render_video
+    from ggtalker_jax.infer import RenderOptions, load_gaze, load_pose_file, render_video
 
     opts = RenderOptions(pose=fv.pose, blink_rate=fv.blink_rate, num_diffusion_steps=fv.steps, guidance=fv.guidance,
                          batch_size=fv.batch_size, seed=fv.seed, output_size=fv.output_size,
-                         visible_watermark=fv.visible_watermark)
+                         visible_watermark=fv.visible_watermark, gaze=fv.gaze)
     if fv.pose not in ("video", "static"):
         load_pose_file(fv.pose)                            # a bad pose file fails now, before any work
+    if fv.gaze not in ("video", "camera"):
+        load_gaze(fv.gaze, 1)                              # so does a bad gaze file
     summary = render_video(fv.workdir, fv.audio, fv.out, opts, fv.frames_dir, progress=fv.progress,
-                           data_dir=fv.data)
+                           data_dir=fv.data, head=fv.head, landmark_embedding=fv.landmark_embedding)
     print(f"rendered {summary['frames']} frames ({summary['seconds']:.2f} s) at {summary['render_fps']:.1f} fps "
           f"(A2E {summary['a2e_s']:.1f} s)")
     print(f"video: {summary['out']}")

@@ -33,6 +33,8 @@ Layout of a dataset directory (one identity / one clip)::
     K                   float32 [3, 3]     pinhole intrinsics of the crop at ``size`` pixels
     landmark_error_px   float32 [T]        mean reprojection error of the fitted landmarks (pixels)
     head_model          str     []         the head model fitted: "open" or the model file's path
+    head_model_record   str     []         JSON: which head model exactly (files + sha256, topology;
+                                           `ggtalker_jax.head.record`); adapt / render / eval check it
 
 `PreparedDataset` is the only reader of this format; `SubjectView` is one dataset seen at an avatar's
 image size (frames read lazily, one at a time, never the whole clip in memory).

@@ -36,12 +36,11 @@ import optax
 from ggtalker_jax import head as head_lib
 from ggtalker_jax.head import eyes as eyes_lib
 from ggtalker_jax.head import mediapipe_points as mp
-from ggtalker_jax.constants import EXPR_DIM
+from ggtalker_jax.constants import EXPR_DIM, NUM_EXPRESSION, NUM_LANDMARKS
 from ggtalker_jax.head.model import HeadModel
+from ggtalker_jax.render.camera import head_space_to_pixels
 
 log = logging.getLogger(__name__)
-
-LIP_POINTS = set(mp.LIP_POINTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +92,18 @@ def landmark_submodel(model: HeadModel) -> HeadModel:
         name=model.name, parents=model.parents, expression_names=model.expression_names, source=model.source)
 
 
-def project(points, focal, size: int):
-    """Head-space points [..., 3] -> pixels [..., 2] with the principal point at the image centre."""
-    z = jnp.maximum(-points[..., 2], 1e-3)
-    return jnp.stack([focal * points[..., 0] / z + size / 2, -focal * points[..., 1] / z + size / 2], -1)
+def centred_intrinsics(focal, size: int):
+    """K [3, 3] of a square `size` px image with focal length `focal` (px) and the principal point at the
+    centre: the camera tracking fits (landmarks project with `render.camera.head_space_to_pixels`)."""
+    f, c = jnp.asarray(focal, jnp.float32), size / 2
+    return jnp.array([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]], jnp.float32)
 
 
 def _weights(model: HeadModel, config: TrackConfig) -> np.ndarray:
     idx = np.asarray(model.lmk_mediapipe_index)
     w = np.ones(len(idx), np.float32)
     w[np.isin(idx, list(mp.FACE_OVAL))] = config.w_contour
-    w[np.isin(idx, list(LIP_POINTS))] = config.w_lips
+    w[np.isin(idx, list(mp.LIP_POINTS))] = config.w_lips
     w[np.isin(idx, list(mp.EYE_POINTS))] = config.w_eyelids
     w[np.isin(idx, list(mp.IRIS_POINTS))] = config.w_iris
     return w
@@ -163,8 +163,8 @@ def track_landmarks(model: HeadModel, landmarks, found, image_size: int, config:
     """
     landmarks = np.asarray(landmarks, np.float32)
     found = np.asarray(found, bool)
-    if landmarks.ndim != 3 or landmarks.shape[1] != 478:
-        raise ValueError(f"track_landmarks: landmarks must be [T, 478, 2|3], got {landmarks.shape}")
+    if landmarks.ndim != 3 or landmarks.shape[1] != NUM_LANDMARKS:
+        raise ValueError(f"track_landmarks: landmarks must be [T, {NUM_LANDMARKS}, 2|3], got {landmarks.shape}")
     if not found.any():
         raise ValueError("track_landmarks: no frame has a face; nothing to track")
     idx = np.asarray(model.lmk_mediapipe_index)
@@ -194,7 +194,7 @@ def track_landmarks(model: HeadModel, landmarks, found, image_size: int, config:
     zeros = lambda *s: jnp.zeros(s, jnp.float32)
     params = {"rot": zeros(num, 3), "trans": jnp.tile(jnp.asarray(init_t), (num, 1)),
               "log_focal": jnp.asarray(np.log(f0), jnp.float32), "shape": zeros(sub.num_shape),
-              "expr": zeros(num, 50), "jaw": zeros(num, 3), "neck": zeros(num, 3), "eyes": zeros(num, 6),
+              "expr": zeros(num, NUM_EXPRESSION), "jaw": zeros(num, 3), "neck": zeros(num, 3), "eyes": zeros(num, 6),
               "blink": zeros(num, 2)}
 
     def expression53(p):
@@ -202,9 +202,10 @@ def track_landmarks(model: HeadModel, landmarks, found, image_size: int, config:
 
     def residuals(p):
         e53 = expression53(p)
-        out = head_lib.forward(sub, shape=p["shape"], expression=e53[:, :50], jaw_pose=e53[:, 50:],
+        out = head_lib.forward(sub, shape=p["shape"], expression=e53[:, :NUM_EXPRESSION], jaw_pose=e53[:, NUM_EXPRESSION:],
                                neck_pose=p["neck"], eye_pose=p["eyes"], global_rot=p["rot"], translation=p["trans"])
-        pix = project(out.landmarks, jnp.exp(p["log_focal"]), image_size) / image_size * 100.0
+        pix = head_space_to_pixels(out.landmarks, centred_intrinsics(jnp.exp(p["log_focal"]), image_size))[0]
+        pix = pix / image_size * 100.0
         return pix - target                                                   # [T, L, 2]
 
     def smooth(x):
@@ -253,17 +254,16 @@ def track_landmarks(model: HeadModel, landmarks, found, image_size: int, config:
     params, loss = run(params, True, config.full_steps, (*per_frame, "log_focal", "shape"))
     if config.neck_split_seconds > 0:
         e53 = expression53(params)
-        params = _split_neck(sub, {**params, "expr_total": e53[:, :50], "jaw_total": e53[:, 50:]}, fps,
+        params = _split_neck(sub, {**params, "expr_total": e53[:, :NUM_EXPRESSION], "jaw_total": e53[:, NUM_EXPRESSION:]}, fps,
                              config.neck_split_seconds)
         on_root = np.asarray(sub.lbs_weights)[np.asarray(sub.faces).ravel(), 0].max() > 1e-4
         if (on_root or np.abs(np.asarray(model.posedirs)).max() > 0) and config.refine_steps:
             params, loss = run(params, True, config.refine_steps, ("trans", "expr", "jaw", "eyes", "blink", "neck"))
     r = np.asarray(residuals(params)) / 100.0 * image_size
     err_px = np.sqrt((r ** 2).sum(-1)).mean(-1)
-    focal = float(np.exp(params["log_focal"]))
-    K = np.array([[focal, 0, image_size / 2], [0, focal, image_size / 2], [0, 0, 1]], np.float32)
+    K = np.asarray(centred_intrinsics(jnp.exp(params["log_focal"]), image_size), np.float32)
     e53 = np.asarray(expression53(params))
-    return {"shape": np.asarray(params["shape"]), "expression": e53[:, :50], "jaw_pose": e53[:, 50:],
+    return {"shape": np.asarray(params["shape"]), "expression": e53[:, :NUM_EXPRESSION], "jaw_pose": e53[:, NUM_EXPRESSION:],
             "neck_pose": np.asarray(params["neck"]), "eye_pose": np.asarray(params["eyes"]),
             "blink": eyes_lib.blink_amount(basis, e53), "global_rot": np.asarray(params["rot"]),
             "translation": np.asarray(params["trans"]), "K": K, "landmark_error_px": err_px.astype(np.float32),
@@ -305,8 +305,7 @@ def draw_mesh_overlay(frame, vertices, faces, K, colour=(0, 255, 0)) -> np.ndarr
     """Draws the mesh's front-facing edges (head-space vertices [V, 3]) over an RGB uint8 frame."""
     import cv2
     v = np.asarray(vertices)
-    p = (v * np.array([1, -1, -1])) @ np.asarray(K).T
-    xy = p[:, :2] / p[:, 2:]
+    xy = np.asarray(head_space_to_pixels(v, K)[0])
     img = np.ascontiguousarray(frame.copy())
     tri = np.asarray(faces)
     n = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])

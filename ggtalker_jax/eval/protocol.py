@@ -112,15 +112,17 @@ def _drive(adapted, wav, sr, opts):
 
 
 def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio=(), lpips_weights=None,
-             max_test_frames: int | None = None, mouth_source: str = "auto", data_dir: str | None = None) -> dict:
-    """Writes metrics.json, report.md and plots into `out_dir`. mouth_source: see `_mouth_track`."""
+             max_test_frames: int | None = None, mouth_source: str = "auto", data_dir: str | None = None,
+             head: str | None = None, landmark_embedding: str | None = None) -> dict:
+    """Writes metrics.json, report.md and plots into `out_dir`. mouth_source: see `_mouth_track`; head /
+    landmark_embedding: see `ggtalker_jax.workdir.load_adapted`."""
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax.infer import RenderOptions, predict_expressions
     from ggtalker_jax.workdir import load_adapted
 
     if mouth_source not in MOUTH_SOURCES:
         raise UsageError(f"--mouth_source {mouth_source!r}: choose one of {MOUTH_SOURCES}")
-    adapted = load_adapted(workdir, data_dir)
+    adapted = load_adapted(workdir, data_dir, head, landmark_embedding)
     static, params, data = adapted.static, adapted.params, adapted.subject
     os.makedirs(out_dir, exist_ok=True)
     opts = RenderOptions()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from ggtalker_jax.head.model import (JOINT_NAMES, NUM_EXPRESSION, HeadModel, HeadOutput, blink_dimensions,
+from ggtalker_jax.head.model import (JOINT_NAMES, NUM_EXPRESSION, HeadModel, HeadOutput,
                                      forward, join_expression53, rodrigues, split_expression53)
 from ggtalker_jax.head.open_head import EXPRESSION_NAMES as OPEN_EXPRESSION_NAMES
 from ggtalker_jax.head.record import (HeadModelMismatchError, check_head_model, head_model_record,
@@ -34,5 +34,5 @@ def load(name_or_path: str = "open", num_shape: int | None = None, landmark_embe
 
 
 __all__ = ["load", "forward", "HeadModel", "HeadOutput", "split_expression53", "join_expression53", "rodrigues",
-           "blink_dimensions", "OPEN_EXPRESSION_NAMES", "NUM_EXPRESSION", "JOINT_NAMES",
+           "OPEN_EXPRESSION_NAMES", "NUM_EXPRESSION", "JOINT_NAMES",
            "head_model_record", "check_head_model", "load_recorded_head", "read_record", "HeadModelMismatchError"]

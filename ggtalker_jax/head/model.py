@@ -184,9 +184,3 @@ def from_arrays(arrays: dict, name: str, expression_names=(), parents=(-1, 0, 1,
         lip_vertices=jnp.asarray(arrays.get("lip_vertices", np.zeros((0,))), jnp.int32),
         name=name, parents=tuple(int(p) for p in parents), expression_names=tuple(expression_names),
         source=tuple(tuple(s) for s in source))
-
-
-def blink_dimensions(model: HeadModel) -> list[int]:
-    """Indices (into the 53-dim expression) of the components named as blinks; [] when none are named
-    (FLAME's expression space is not named: blinks stay whatever the A2E / tracking gives)."""
-    return [i for i, n in enumerate(model.expression_names) if "blink" in n]

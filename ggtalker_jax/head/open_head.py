@@ -36,9 +36,11 @@ import os
 
 import numpy as np
 
+from ggtalker_jax.constants import NUM_EXPRESSION
 from ggtalker_jax.head.mediapipe_points import (FACE_OVAL, LEFT_BROW_LOWER, LEFT_BROW_UPPER, LEFT_EYE_LOWER,  # noqa: F401
-                                                LEFT_EYE_UPPER, LEFT_IRIS, LIPS_INNER_LOWER, LIPS_INNER_UPPER,
-                                                LIPS_OUTER_LOWER, LIPS_OUTER_UPPER, NOSE_LINE, RIGHT_BROW_LOWER,
+                                                LEFT_EYE_UPPER, LEFT_IRIS, IRIS_POINTS, LIP_POINTS, LIPS_INNER_LOWER,
+                                                LIPS_INNER_UPPER, LIPS_OUTER_LOWER, LIPS_OUTER_UPPER, NOSE_LINE,
+                                                RIGHT_BROW_LOWER,
                                                 RIGHT_BROW_UPPER, RIGHT_EYE_LOWER, RIGHT_EYE_UPPER, RIGHT_IRIS)
 from ggtalker_jax.head.model import HeadModel, from_arrays
 
@@ -343,7 +345,7 @@ def _expression_basis(verts, lay):
     }
     rng = np.random.default_rng(1234)
     face = (verts[:, 2] > 0.0) & (verts[:, 1] > CHIN_Y - 0.01)
-    basis = np.zeros((len(verts), 3, 50), np.float32)
+    basis = np.zeros((len(verts), 3, NUM_EXPRESSION), np.float32)
     for k, name in enumerate(EXPRESSION_NAMES):
         if name in fields:
             basis[:, :, k] = _bumps(verts, fields[name])
@@ -439,8 +441,7 @@ def procedural_head_arrays() -> dict:
     lay = landmark_layout()
     index = np.array(sorted(lay), np.int32)
     lmk_faces, lmk_bary = zip(*(_front_point(verts, faces, lay[i]) for i in index))
-    lip_idx = set(LIPS_OUTER_UPPER + LIPS_OUTER_LOWER + LIPS_INNER_UPPER + LIPS_INNER_LOWER)
-    lip_vertices = np.unique(faces[[f for i, f in zip(index, lmk_faces) if i in lip_idx]].ravel())
+    lip_vertices = np.unique(faces[[f for i, f in zip(index, lmk_faces) if i in LIP_POINTS]].ravel())
     joints_rest = np.array([ROOT_JOINT, NECK_JOINT, JAW_JOINT, (EYE_X, EYE_Y, 0.06), (-EYE_X, EYE_Y, 0.06)])
     weights = _lbs_weights(verts, lay)
     J = _joint_regressor(verts, joints_rest)
@@ -587,10 +588,10 @@ def build_open_head_arrays() -> dict:
     for j, iris in ((3, LEFT_IRIS[0]), (4, RIGHT_IRIS[0])):
         joints[j] = points[int(np.flatnonzero(index == iris)[0])] - (0.0, 0.0, EYEBALL_DEPTH)
     p["J_regressor"] = _joint_regressor(verts, joints, num_near=32)
-    lip = np.isin(index, list(LIPS_OUTER_UPPER + LIPS_OUTER_LOWER + LIPS_INNER_UPPER + LIPS_INNER_LOWER))
+    lip = np.isin(index, list(LIP_POINTS))
     p.update(v_template=verts.astype(np.float32), lmk_faces=lmk_faces, lmk_bary=lmk_bary.astype(np.float32),
              lmk_mediapipe_index=index, lip_vertices=np.unique(faces[lmk_faces[lip]].ravel()).astype(np.int32),
-             shapedirs=np.concatenate([_shape_basis(verts), _local_shape_basis(verts, points[index < 468])], -1))
+             shapedirs=np.concatenate([_shape_basis(verts), _local_shape_basis(verts, points[~np.isin(index, list(IRIS_POINTS))])], -1))
     return p
 
 

@@ -29,11 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggtalker_jax import avatar as avatar_lib
+from ggtalker_jax import head as head_lib
 from ggtalker_jax import priors as priors_lib
 from ggtalker_jax import workdir as workdir_lib
 from ggtalker_jax.data import dataset as dataset_lib
 from ggtalker_jax.data import loader as loader_lib
-from ggtalker_jax.errors import UsageError
+from ggtalker_jax.errors import DatasetError, UsageError
 from ggtalker_jax.files import DirectoryLock, atomic_write_json
 from ggtalker_jax.train import objectives, trainer
 from ggtalker_jax.train.logging import TrainLogger
@@ -185,24 +186,38 @@ def run_stage(static: avatar_lib.AvatarStatic, subject: dataset_lib.SubjectView,
 
 def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, cfg: AdaptConfig | None = None,
           avatar_config: avatar_lib.AvatarConfig | None = None, progress: bool = True,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, head: str | None = None, landmark_embedding: str | None = None) -> dict:
     """Adapts the priors to the prepared subject in `data_dir`; writes `workdir` (a valid --workdir for
     render and eval). Resumes an interrupted run of the same dataset and schedule; refuses anything else
     unless `overwrite` (which discards the workdir's avatar). `avatar_config` carries the run-time choices
     (image_size S, uv_resolution R; default `default_avatar_config()`), its prior is replaced by the
-    loaded one's. Returns a summary dict."""
+    loaded one's. The avatar's head model is the dataset's (`head` / `landmark_embedding`: new paths of
+    its files when they moved; priors of another head model are refused, see `ggtalker_jax.priors`).
+    Returns a summary dict."""
     stages = tuple(stages or small_schedule())
     cfg = cfg or AdaptConfig()
+    head_record = head_lib.read_record(data_dir)
+    model = workdir_lib.load_head_model(head_record, head, landmark_embedding,
+                                        where=os.path.join(data_dir, dataset_lib.TRACKING), error=DatasetError)
+    requested = avatar_config.prior if avatar_config else None
+    if priors:
+        priors_lib.check_priors_head_model(priors, head_record, data_dir)
+    elif priors_lib.head_model_name(head_record) != "open":       # the bundled priors are the open head's
+        requested = dataclasses.replace(requested or avatar_lib.PriorConfig(),
+                                        head_model=priors_lib.head_model_name(head_record))
     os.makedirs(workdir, exist_ok=True)
     with DirectoryLock(workdir, "ggtalker adapt"):
-        network, prior, source = priors_lib.load_or_init(priors, avatar_config.prior if avatar_config else None)
+        if priors and requested is not None:     # the head model was checked above, by content
+            requested = dataclasses.replace(requested, head_model=priors_lib.read_prior_config(priors)[0].head_model)
+        network, prior, source = priors_lib.load_or_init(priors, requested)
+        prior = dataclasses.replace(prior, head_model=priors_lib.head_model_name(head_record))  # its file here
         config = dataclasses.replace(avatar_config or default_avatar_config(), prior=prior)
         config = dataclasses.replace(config, uv_resolution=config.resolved_uv_resolution)   # recorded as chosen
-        static = avatar_lib.AvatarStatic.build(config)
+        static = avatar_lib.AvatarStatic.build(config, model)
         subject = dataset_lib.SubjectView(data_dir, config.image_size)
         record = workdir_lib.record_for(
             data_dir, config, source, priors_lib.digest(priors or priors_lib.BUNDLED) if source != "fresh" else None,
-            style_row(static, cfg), [s.to_dict() for s in stages], cfg.to_dict())
+            style_row(static, cfg), [s.to_dict() for s in stages], cfg.to_dict(), head_model=model)
         previous = workdir_lib.read_record(workdir)
         if previous is not None and overwrite:
             shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
