@@ -6,7 +6,6 @@ import pytest
 
 from ggtalker_jax import media
 from ggtalker_jax.data import dataset as ds
-from ggtalker_jax import media
 from ggtalker_jax.data import ingest
 from ggtalker_jax.errors import MediaError
 
