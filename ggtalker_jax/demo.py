@@ -62,7 +62,7 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     driving = os.path.join(out_dir, "driving.wav")
     audio_io.write_wav(driving, wav, sr)
     video = os.path.join(out_dir, "demo.mp4")
-    summary = render_video(workdir, driving, video, RenderOptions(output_size=256), progress=progress)
+    summary = render_video(workdir, driving, video, RenderOptions(), progress=progress)
     times["render_s"] = time.perf_counter() - t0
     print(f"[4/4] rendered {summary['frames']} frames ({times['render_s']:.1f} s)")
     return {"video": os.path.abspath(video), "workdir": os.path.abspath(workdir), "times": times,

@@ -1,17 +1,62 @@
-"""Shared pieces of the Pallas rasterization kernels."""
+"""Shared pieces of the Pallas rasterization kernels: the static launch description and the 2D Gaussian.
+
+Data layout shared by both kernels (M = C * N flattened (camera, Gaussian) pairs):
+* `geom` [M, GEOM_WIDTH] float32 per Gaussian: mean x, mean y, conic a, b, c, opacity, 0, 0 (one 32-byte
+  row, so a Gaussian's geometry is one memory sector);
+* `colors` [M, D] float32 per Gaussian, any D (read one channel at a time with scalar loads);
+* `flat_ids` [capacity] int32, the sorted intersection list (`binning.bin_gaussians`); the kernels read
+  each Gaussian through it, so nothing is gathered per intersection;
+* per-pixel arrays are per program (camera, tile) with the tile's P = tile_size^2 pixels in row-major
+  order, channel-major where there are channels ([n_programs, D, P]).
+"""
 from __future__ import annotations
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import triton as pallas_triton
 
-ALPHA_MAX = 0.99
-ALPHA_MIN = 1.0 / 255.0
-T_MIN = 1e-4
+from ggtalker_jax.kernels.conventions import ALPHA_THRESHOLD, GSPLAT, Conventions
 
-# Per-intersection geometry rows [capacity, GEOM_WIDTH]: mean x, mean y, conic a, b, c, opacity, pad.
 GEOM_WIDTH = 8
+LOG2_E = 1.4426950408889634
+GEOM_COLUMNS = 6  # mean x, mean y, conic a, b, c, opacity (the rest of a row is padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelTuning:
+    """Triton launch parameters (static); `default_tuning` picks them by channel count.
+
+    Chosen from the sm_90 SASS of the cross-lowered kernels (README, "GPU"): fewer warps per tile mean
+    more pixels per thread, so more of each block-wide reduction happens inside a thread; the backward
+    batch K divides the barriers per Gaussian by K but raises register use (spills at K = 2 with D = 32).
+    """
+
+    forward_num_warps: int = 4
+    forward_num_stages: int = 1
+    forward_chunk: int = 32  # Gaussians between two "is every pixel done" checks
+    backward_num_warps: int = 2
+    backward_num_stages: int = 1
+    backward_batch: int = 2  # K: Gaussians per step of the backward (a power of two)
+
+    def __post_init__(self):
+        k = self.backward_batch
+        if k < 1 or k & (k - 1):
+            raise ValueError(f"KernelTuning.backward_batch must be a power of two, got {k}")
+
+    def forward_params(self):
+        return pallas_triton.CompilerParams(num_warps=self.forward_num_warps, num_stages=self.forward_num_stages)
+
+    def backward_params(self):
+        return pallas_triton.CompilerParams(num_warps=self.backward_num_warps, num_stages=self.backward_num_stages)
+
+
+def default_tuning(depth_channels: int) -> KernelTuning:
+    """Launch parameters for D rendered channels: K = 2 on 2 warps up to 8 channels, else K = 1 on 4."""
+    if depth_channels <= 8:
+        return KernelTuning()
+    return KernelTuning(backward_num_warps=4, backward_batch=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +67,17 @@ class TileGrid:
     tile_size: int
     tile_width: int
     tile_height: int
-    chunk: int = 32  # Gaussians per early-exit check in the forward loop
-    interpret: bool = True
+    conventions: Conventions = GSPLAT
+    interpret: bool = True  # Pallas interpreter (any platform) instead of Triton
+    tuning: KernelTuning = KernelTuning()  # see `default_tuning`
+    # Code paths written for Triton (prefetching loads, stacked reductions with masked vector stores) or
+    # for the Pallas interpreter (direct loads, per-value sums with scalar stores: several times faster
+    # there); same results. None: the Triton paths exactly when compiled (True in the interpreter tests them).
+    triton_paths: bool | None = None
+
+    @property
+    def compiled_paths(self) -> bool:
+        return not self.interpret if self.triton_paths is None else self.triton_paths
 
     @property
     def n_tiles(self) -> int:
@@ -38,13 +92,15 @@ class TileGrid:
         return self.tile_size * self.tile_size
 
 
-def default_interpret() -> bool:
-    """Pallas interpreter on CPU (and anything but GPU); Triton lowering on GPU."""
-    return jax.default_backend() != "gpu"
+def resolve_interpret(interpret: bool | None) -> bool:
+    """None -> automatic: the Pallas interpreter unless the default JAX backend is a GPU."""
+    if interpret is None:
+        return jax.default_backend() != "gpu"
+    return bool(interpret)
 
 
 def tile_pixel_centres(grid: TileGrid, program):
-    """Pixel centres px, py [P] (float32) of the tile handled by `program`."""
+    """Pixel centres px, py [P] (float32, +0.5 as gsplat) of the tile handled by `program`."""
     tile = program % grid.n_tiles
     tile_x = tile % grid.tile_width
     tile_y = tile // grid.tile_width
@@ -54,21 +110,17 @@ def tile_pixel_centres(grid: TileGrid, program):
     return px, py
 
 
-def gaussian_alpha(geom_ref, j, px, py):
-    """Load intersection j's 2D Gaussian (scalar loads) and evaluate it on pixels [P].
+def gaussian_alpha(grid: TileGrid, mx, my, a, b, c, opacity, px, py):
+    """Evaluate 2D Gaussians on pixels (broadcasting: scalars or [K, 1] parameters, [P] or [1, P] pixels).
 
-    Returns (dx, dy, sigma, raw_alpha, alpha, ok, (a, b, c, opacity)).
+    Returns dx, dy, sigma, vis = exp(-sigma) (as 2^(-sigma log2 e)), raw_alpha = opacity vis, alpha = min(raw, alpha_max) and
+    ok = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD), each of the broadcast shape.
     """
-    mx = geom_ref[j, 0]
-    my = geom_ref[j, 1]
-    a = geom_ref[j, 2]
-    b = geom_ref[j, 3]
-    c = geom_ref[j, 4]
-    opacity = geom_ref[j, 5]
     dx = mx - px
     dy = my - py
     sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    raw_alpha = opacity * jnp.exp(-sigma)
-    alpha = jnp.minimum(raw_alpha, ALPHA_MAX)
-    ok = (sigma >= 0.0) & (alpha >= ALPHA_MIN)
-    return dx, dy, sigma, raw_alpha, alpha, ok, (a, b, c, opacity)
+    vis = jnp.exp2(sigma * -LOG2_E)  # exp(-sigma); one MUFU.EX2 in Triton (as gsplat's __expf)
+    raw_alpha = opacity * vis
+    alpha = jnp.minimum(raw_alpha, grid.conventions.alpha_max)
+    ok = (sigma >= 0.0) & (alpha >= ALPHA_THRESHOLD)
+    return dx, dy, sigma, vis, raw_alpha, alpha, ok

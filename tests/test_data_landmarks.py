@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ggtalker_jax.data import landmarks as L
-from ggtalker_jax.data import media
+from ggtalker_jax import media
 
 
 @pytest.fixture

@@ -101,7 +101,8 @@ def _flame_reference(seed=0):
     }
 
 
-def _write_flame_pickle(path, reference, monkeypatch, numpy_module, sparse_module="scipy.sparse._csc"):
+def _write_flame_pickle(path, reference, monkeypatch, numpy_module, sparse_module="scipy.sparse._csc",
+                        pickler=_Py2Pickler):
     _fake_modules(monkeypatch, sparse_module)
     model = dict(reference)
     model["v_template"] = Ch(reference["v_template"])
@@ -112,10 +113,11 @@ def _write_flame_pickle(path, reference, monkeypatch, numpy_module, sparse_modul
     model["bs_style"], model["bs_type"] = "lbs", "lrotmin"
     model["scale"] = np.float64(1.0)  # exercises numpy's `scalar` reconstructor
     buffer = io.BytesIO()
-    _Py2Pickler(buffer, protocol=2).dump(model)
+    pickler(buffer, protocol=2).dump(model)
     monkeypatch.undo()
     data = buffer.getvalue()
-    assert b"numpy._core.multiarray" in data and b"_codecs" not in data
+    assert b"numpy._core.multiarray" in data
+    assert (b"_codecs\nencode\n" in data) == (pickler is not _Py2Pickler)  # Py3 stores bytes that way
     data = data.replace(b"numpy._core.multiarray", numpy_module.encode())
     with open(path, "wb") as handle:
         handle.write(data)
@@ -165,6 +167,28 @@ def test_loads_flame_shaped_python2_pickle(tmp_path, monkeypatch, numpy_module, 
     _check_loaded(full, reference, 300, 100)
 
 
+def test_loads_flame_shaped_python3_protocol2_pickle(tmp_path, monkeypatch):
+    """Python 3 at protocol 2 stores bytes (ndarray raw data, dtype codes) as _codecs.encode(s, 'latin1')."""
+    reference = _flame_reference(seed=5)
+    path = tmp_path / "generic_model_py3.pkl"
+    data = _write_flame_pickle(path, reference, monkeypatch, "numpy._core.multiarray", pickler=pickle.Pickler)
+    assert data[:2] == b"\x80\x02" and data.count(b"_codecs\nencode\n") == 1  # global memoised, reused
+    loaded = load_flame_arrays(path, num_shape=30, num_expression=20)
+    _check_loaded(loaded, reference, 30, 20)
+
+
+@pytest.mark.parametrize("args", [("x", "zlib"), ("x", "rot13"), ("x", "latin1", "ignore"), (b"x", "latin1"),
+                                  ("x",)])
+def test_codecs_encode_only_str_latin1(tmp_path, args):
+    """_codecs.encode is allowed only as pickle itself calls it; other codecs/arguments are refused."""
+    items = b"".join(pickle.dumps(a, protocol=2)[2:-1] for a in args)  # each argument's opcodes
+    body = b"c_codecs\nencode\n(" + items + b"tR"
+    path = tmp_path / "codec.pkl"
+    path.write_bytes(b"\x80\x02}(X\x01\x00\x00\x00f" + body + b"u.")
+    with pytest.raises(UnsafePickleError, match="_codecs.encode refused"):
+        load_flame_arrays(path)
+
+
 def test_npz_round_trip(tmp_path, monkeypatch):
     reference = _flame_reference(seed=1)
     pkl_path = tmp_path / "generic_model.pkl"
@@ -210,14 +234,15 @@ class _OpensProcess:
     (lambda marker: _Evaluates(f"open({str(marker)!r}, 'w').close()"), "eval"),
     (lambda marker: _OpensProcess(["touch", str(marker)]), "Popen"),
 ])
-@pytest.mark.parametrize("protocol", [0, 2])
-def test_hostile_pickle_refused_and_not_executed(tmp_path, make_payload, refused, protocol):
+@pytest.mark.parametrize("pickler, protocol", [(_Py2Pickler, 0), (_Py2Pickler, 2), (pickle.Pickler, 2)])
+def test_hostile_pickle_refused_and_not_executed(tmp_path, make_payload, refused, pickler, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "generic_model.pkl"
-    # Valid FLAME content (numpy arrays, Python-2 style bytes) first, the hostile object after it.
+    # Valid FLAME content (numpy arrays; Python-2 style bytes, or Python 3's _codecs.encode) first,
+    # the hostile object after it.
     payload = {"v_template": np.zeros((3, 3)), "f": make_payload(marker)}
     buffer = io.BytesIO()
-    _Py2Pickler(buffer, protocol=protocol).dump(payload)
+    pickler(buffer, protocol=protocol).dump(payload)
     path.write_bytes(buffer.getvalue())
     with pytest.raises(UnsafePickleError) as info:
         load_flame_arrays(path)

@@ -160,3 +160,44 @@ def test_flame_npz_becomes_a_head_model_with_flame_semantics(tmp_path):
     assert model.shapedirs.shape == (v, 3, 10) and model.exprdirs.shape == (v, 3, 50) and model.parents == (-1, 0, 1, 1, 1)
     moved = head.forward(model, expression=jnp.zeros(50).at[0].set(1.0))
     np.testing.assert_allclose(moved.vertices, arrays["v_template"] + arrays["shapedirs"][:, :, 300], atol=1e-5)
+
+
+def test_open_head_embeds_every_mediapipe_point_on_its_face_mesh(model):
+    from ggtalker_jax.head import open_head
+    assert sorted(np.asarray(model.lmk_mediapipe_index).tolist()) == list(range(478))
+    target = open_head.mediapipe_face_points()
+    got = np.asarray(head.forward(model).landmarks)
+    err = np.linalg.norm(got - target[np.asarray(model.lmk_mediapipe_index)], axis=-1)
+    inner_lips = np.isin(np.asarray(model.lmk_mediapipe_index), open_head.LIPS_INNER_UPPER + open_head.LIPS_INNER_LOWER)
+    assert np.median(err) < 2e-4 and err[~inner_lips].max() < 2e-3        # metres; inner lips meet on the lip line
+    # The conformed surface keeps its orientation almost everywhere.
+    proc = open_head.procedural_head_arrays()
+    f = np.asarray(model.faces)
+    n = lambda v: np.cross(v[f][:, 1] - v[f][:, 0], v[f][:, 2] - v[f][:, 0])
+    n0, n1 = n(proc["v_template"]), n(np.asarray(model.v_template))
+    flipped = np.sum(n0 * n1, -1) < 0
+    assert np.linalg.norm(n0, axis=-1)[flipped].sum() < 0.005 * np.linalg.norm(n0, axis=-1).sum()
+    # Eyes look along +z through the pupils.
+    joints = np.asarray(head.forward(model).joints)
+    pos = {int(k): i for i, k in enumerate(np.asarray(model.lmk_mediapipe_index))}
+    for iris, j in ((473, 3), (468, 4)):
+        d = got[pos[iris]] - joints[j]
+        np.testing.assert_allclose(d / np.linalg.norm(d), [0, 0, 1], atol=1e-3)
+
+
+def test_open_head_documents_its_components_and_uv_count(model):
+    import re
+
+    from ggtalker_jax.head import open_head
+    assert set(open_head.EXPRESSION_DOCS) == set(head.OPEN_EXPRESSION_NAMES)
+    assert len(open_head.SHAPE_NAMES) == model.num_shape
+    claimed = int(re.search(r"R = 512, ([\d,]+) texels are bound", open_head.__doc__).group(1).replace(",", ""))
+    assert uv.build_uv_binding(model, 512).num_gaussians == claimed
+
+
+def test_face_points_refuse_a_changed_procedural_head(monkeypatch):
+    from ggtalker_jax.head import open_head
+    real = open_head.procedural_head_arrays()
+    monkeypatch.setattr(open_head, "procedural_head_arrays", lambda: {**real, "v_template": real["v_template"] * 1.01})
+    with pytest.raises(RuntimeError, match="build_open_face.py"):
+        open_head.mediapipe_face_points()

@@ -4,8 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from ggtalker_jax import media
 from ggtalker_jax.data import dataset as ds
-from ggtalker_jax.data import ingest, media
+from ggtalker_jax import media
+from ggtalker_jax.data import ingest
 from ggtalker_jax.errors import MediaError
 
 

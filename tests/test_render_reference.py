@@ -28,17 +28,39 @@ def test_single_isotropic_gaussian_matches_closed_form(backend):
     img, alpha, meta = rasterization(means, quats, scales, opacities, color, viewmats, Ks, W, H,
                                      backgrounds=bg, backend=backend)
     variance = (f * scale / z) ** 2 + 0.3  # EWA at the optical axis plus the eps2d dilation
-    radius = np.ceil(3 * np.sqrt(variance))
+    # gsplat's opacity-aware box: extend = min(3.33, sqrt(2 ln(255 opacity))) standard deviations per axis.
+    radius = np.ceil(min(3.33, np.sqrt(2 * np.log(255 * opacity))) * np.sqrt(variance))
     assert (W / 2 - radius) < 16 and (H / 2 - radius) < 16 and W / 2 + radius > 32 and H / 2 + radius > 16  # all tiles
     cols, rows = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
     a = opacity * np.exp(-0.5 * ((cols - W / 2) ** 2 + (rows - H / 2) ** 2) / variance)
-    a = np.where(a >= 1 / 255, np.minimum(a, 0.99), 0.0)
+    a = np.where(a >= 1 / 255, np.minimum(a, 0.999), 0.0)
     expected = a[..., None] * color[0] + (1 - a[..., None]) * bg[0]
     np.testing.assert_allclose(np.asarray(alpha[0, ..., 0]), a, atol=1e-5)
     np.testing.assert_allclose(np.asarray(img[0]), expected, atol=1e-5)
     np.testing.assert_allclose(np.asarray(meta["means2d"][0, 0]), [W / 2, H / 2], atol=1e-5)
     np.testing.assert_allclose(np.asarray(meta["conics"][0, 0]), [1 / variance, 0, 1 / variance], rtol=1e-5, atol=1e-8)
-    assert int(meta["radii"][0, 0]) == int(np.ceil(3 * np.sqrt(variance)))
+    assert np.asarray(meta["radii"][0, 0]).tolist() == [int(radius), int(radius)]
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_alpha_cap_is_0999_with_zero_gradient_above_it(backend):
+    """An opaque Gaussian hits gsplat's cap 0.999 at its centre (INRIA's is 0.99)."""
+    z, f = 5.0, 30.0
+    # Mean projected onto the centre (W/2 + 0.5, H/2 + 0.5) of pixel (H/2, W/2): raw alpha = opacity there.
+    means, quats, scales, opacities, viewmats, Ks = _single_gaussian(1.0, 1.0, z, f, (0.5 * z / f, 0.5 * z / f))
+    color = np.ones((1, 1), np.float32)
+
+    def centre_alpha(opacity, conventions):
+        _, alpha, _ = rasterization(means, quats, scales, opacity, color, viewmats, Ks, W, H, backend=backend,
+                                    conventions=conventions, capacity=1024)
+        return alpha[0, H // 2, W // 2, 0]
+
+    opaque = jnp.asarray([1.0], jnp.float32)
+    assert abs(float(centre_alpha(opaque, "gsplat")) - 0.999) < 1e-6
+    assert abs(float(centre_alpha(opaque, "inria")) - 0.99) < 1e-6
+    assert float(jax.grad(lambda o: centre_alpha(o, "gsplat"))(opaque)[0]) == 0.0
+    np.testing.assert_allclose(float(jax.grad(lambda o: centre_alpha(o, "gsplat"))(jnp.asarray([0.5]))[0]), 1.0,
+                               rtol=1e-5)
 
 
 def test_projection_of_anisotropic_gaussian_matches_numpy():
@@ -64,26 +86,26 @@ def test_projection_of_anisotropic_gaussian_matches_numpy():
 
 
 def _sequential_numpy(meta, opacities, colors):
-    """Literal per-pixel front-to-back loop of the 3DGS rules (independent of the vectorised reference)."""
+    """Literal per-pixel front-to-back loop of gsplat's rules (independent of the vectorised reference)."""
     m2d, con, dep, rad = (np.asarray(meta[k][0], np.float64) for k in ("means2d", "conics", "depths", "radii"))
-    order = [g for g in np.argsort(dep, kind="stable") if rad[g] > 0]
+    order = [g for g in np.argsort(dep, kind="stable") if rad[g].min() > 0]
     img = np.zeros((H, W, colors.shape[1]))
     trans = np.ones((H, W))
     for i in range(H):
         for j in range(W):
             t = 1.0
             for g in order:
-                r = rad[g]
-                tx0, tx1 = max(np.floor((m2d[g, 0] - r) / 16), 0), min(np.ceil((m2d[g, 0] + r) / 16), 3)
-                ty0, ty1 = max(np.floor((m2d[g, 1] - r) / 16), 0), min(np.ceil((m2d[g, 1] + r) / 16), 2)
+                rx, ry = rad[g]
+                tx0, tx1 = max(np.floor(m2d[g, 0] / 16 - rx / 16), 0), min(np.ceil(m2d[g, 0] / 16 + rx / 16), 3)
+                ty0, ty1 = max(np.floor(m2d[g, 1] / 16 - ry / 16), 0), min(np.ceil(m2d[g, 1] / 16 + ry / 16), 2)
                 if not (tx0 <= j // 16 < tx1 and ty0 <= i // 16 < ty1):
                     continue
                 dx, dy = m2d[g, 0] - (j + 0.5), m2d[g, 1] - (i + 0.5)
                 sigma = 0.5 * (con[g, 0] * dx * dx + con[g, 2] * dy * dy) + con[g, 1] * dx * dy
-                alpha = min(0.99, opacities[g] * np.exp(-sigma))
+                alpha = min(0.999, opacities[g] * np.exp(-sigma))
                 if sigma < 0 or alpha < 1 / 255:
                     continue
-                if t * (1 - alpha) < 1e-4:
+                if t * (1 - alpha) <= 1e-4:
                     break
                 img[i, j] += alpha * t * colors[g]
                 t *= 1 - alpha
@@ -92,7 +114,7 @@ def _sequential_numpy(meta, opacities, colors):
 
 
 def test_reference_matches_literal_sequential_loop_with_early_stop():
-    """Stacked near-opaque Gaussians trigger the T < 1e-4 stop; compare with a literal loop."""
+    """Stacked near-opaque Gaussians trigger the T <= 1e-4 stop; compare with a literal loop."""
     rng = np.random.default_rng(1)
     n = 12
     means = np.c_[rng.uniform(-0.5, 0.5, (n, 2)), rng.uniform(3, 6, n)].astype(np.float32)
@@ -147,3 +169,5 @@ def test_bad_inputs_raise_clear_errors():
         rasterization(means * np.nan, quats, scales, opacities, colors, viewmats, Ks, W, H, backend="xla")
     with pytest.raises(ValueError, match="backend must be"):
         rasterization(means, quats, scales, opacities, colors, viewmats, Ks, W, H, backend="cuda")
+    with pytest.raises(ValueError, match="conventions must be one of"):
+        rasterization(means, quats, scales, opacities, colors, viewmats, Ks, W, H, conventions="3dgs")

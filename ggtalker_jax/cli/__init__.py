@@ -23,7 +23,7 @@ SUBCOMMANDS = {
     "render": ("ggtalker_jax.cli.render", "Make an adapted subject say new audio: writes an mp4."),
     "demo": ("ggtalker_jax.cli.demo", "End to end on the built-in default subject."),
     "eval": ("ggtalker_jax.cli.eval", "Self-reconstruction / cross-id / cross-language report."),
-    "watermark": ("ggtalker_jax.watermark.cli", "Detect or embed the provenance watermark."),
+    "watermark": ("ggtalker_jax.cli.watermark", "Detect or embed the provenance watermark."),
 }
 EXIT_INTERNAL = 1
 

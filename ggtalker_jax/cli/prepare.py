@@ -30,6 +30,8 @@ def define_flags():
                         flag_values=fv)
     flags.DEFINE_boolean("track", True, "fit the head model to the landmarks (writes tracking.npz)", flag_values=fv)
     flags.DEFINE_string("head", "open", "head model for tracking: 'open' or FLAME's generic_model.pkl", flag_values=fv)
+    flags.DEFINE_string("landmark_embedding", None, "with a FLAME --head: its MediaPipe landmark embedding .npz "
+                        "(FLAME 2023's mediapipe_landmark_embedding.npz)", flag_values=fv)
     return fv
 
 
@@ -46,6 +48,8 @@ def main(argv: list[str]) -> int:
         cli_flags.existing_file("features", fv.features, ".npy feature file")
     if fv.head != "open":
         cli_flags.existing_file("head", fv.head, "head model file")
+    if fv.landmark_embedding:
+        cli_flags.existing_file("landmark_embedding", fv.landmark_embedding, "landmark embedding .npz")
     out = os.path.abspath(fv.out)
     cli_flags.writable_output_dir("out", os.path.dirname(out))
     if fv.preview:
@@ -56,11 +60,12 @@ def main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     ingest.check_replaceable(pathlib.Path(out), fv.overwrite)
+    track_fn = ingest.tracker(fv.head, fv.landmark_embedding) if fv.track else None  # a bad head fails now
     with DirectoryLock(os.path.dirname(out), "ggtalker prepare",
                        lock_file=os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.lock")):
         summary = ingest.prepare(fv.video, out, size=fv.size, fps=fv.fps, features=fv.features,
                                  feature_fps=fv.feature_fps, max_seconds=fv.max_seconds, overwrite=fv.overwrite,
-                                 progress=fv.progress, track_fn=ingest.tracker(fv.head) if fv.track else None)
+                                 progress=fv.progress, track_fn=track_fn)
     if fv.preview:
         n = summary["frames"]
         ingest.save_preview(out, fv.preview, indices=(0, n // 2, n - 1))

@@ -37,7 +37,8 @@ def define_flags():
                          flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "frames rendered per batch", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "sampler seed", flag_values=fv)
-    flags.DEFINE_integer("output_size", None, "resize the output frames to this size", flag_values=fv)
+    flags.DEFINE_integer("output_size", None, "mp4 frame size (default and minimum 512: the watermark needs it to "
+                         "survive re-encoding)", flag_values=fv)
     flags.DEFINE_string("frames_dir", None, "also write the frames as PNG here", flag_values=fv)
     flags.DEFINE_bool("visible_watermark", True, "draw the visible 'AI-generated' mark (turning it off with "
                       "--novisible_watermark is recorded in the invisible watermark)", flag_values=fv)

@@ -1,3 +1,3 @@
-"""ggtalker_jax.data: media I/O (`media`), face landmarks (`landmarks`), head crops (`crop`), masks
+"""ggtalker_jax.data: face landmarks (`landmarks`), head crops (`crop`), masks
 (`masks`), the prepared-dataset format and reader (`dataset`), the grain loader (`loader`) and the
 video -> dataset pipeline (`ingest.prepare`). Errors: `errors.MediaError`, `errors.DatasetError`."""

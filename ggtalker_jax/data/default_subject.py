@@ -70,7 +70,9 @@ def _blinks(rng, num: int) -> np.ndarray:
 
 def texel_colours(model, binding: uv_lib.UVBinding, seed: int) -> np.ndarray:
     """Procedural albedo [M, 3] of the bound texels from where each lies on the canonical head."""
-    v = np.asarray(model.v_template)
+    # Painted where the features are on the procedural surface the open head's fields are laid out on.
+    procedural = open_head.procedural_head_arrays()["v_template"]
+    v = procedural if len(procedural) == model.num_vertices else np.asarray(model.v_template)
     f = np.asarray(model.faces)[binding.face]
     p = np.einsum("mkc,mk->mc", v[f], binding.bary)
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
@@ -137,6 +139,7 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
         _smooth_noise(rng, num, 0.4), 0, None)
     model = head_lib.load("open")
     shape = (0.6 * rng.standard_normal(model.num_shape)).astype(np.float32)
+    shape[open_head.NUM_GLOBAL_SHAPE:] = 0.0                              # global proportions only
     rot = np.stack([_smooth_noise(rng, num, 0.06), _smooth_noise(rng, num, 0.10), _smooth_noise(rng, num, 0.04)],
                    -1).astype(np.float32)
     trans = np.stack([_smooth_noise(rng, num, 0.004), -0.012 + _smooth_noise(rng, num, 0.003),
@@ -194,7 +197,8 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
     np.save(out / ds.AUDIO_FEATURES, feats.astype(np.float32))
     np.savez(out / ds.TRACKING, shape=shape, expression=expr[:, :50], jaw_pose=expr[:, 50:], neck_pose=neck_pose,
              eye_pose=eye_pose, global_rot=rot, translation=trans, K=K, landmark_error_px=np.zeros(num, np.float32),
-             head_model=np.array("open"))
+             blink=np.stack([blink, blink], -1), head_model=np.array("open"),
+             head_model_record=np.array(json.dumps(head_lib.head_model_record(model))))
     meta = {"version": ds.FORMAT_VERSION, "fps": FPS, "size": size, "num_frames": num,
             "source": "ggtalker_jax.data.default_subject", "seed": seed, "audio_sample_rate": SAMPLE_RATE,
             "split": ds.split_ranges(num), "features": spec.to_dict(),
@@ -203,7 +207,7 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
     with open(out / ds.META, "w") as f:
         json.dump(meta, f, indent=2)
     if write_video:
-        from ggtalker_jax.data import media
+        from ggtalker_jax import media
         media.write_mp4(str(out / "source.mp4"), frames, fps=FPS, audio=(wav, SAMPLE_RATE))
     return {"dir": str(out), "frames": num, "size": size, "gaussians": m}
 

@@ -28,8 +28,8 @@ from ggtalker_jax.data import crop as crop_lib
 from ggtalker_jax.data import dataset as ds
 from ggtalker_jax.data import landmarks as lm_lib
 from ggtalker_jax.data import masks as masks_lib
-from ggtalker_jax.data import media
-from ggtalker_jax.errors import MediaError, RefusedError
+from ggtalker_jax import media
+from ggtalker_jax.errors import MediaError, RefusedError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,12 @@ def prepare(video_path: str | os.PathLike, out_dir: str | os.PathLike, size: int
                          "use a video where one face is visible, frontal and reasonably lit (a face smaller than "
                          "~5% of the frame height may be missed: crop the video around the person first)")
     num_frames = len(found)
+    # A truncated file (e.g. a faststart mp4 cut short) still announces its full duration: compare.
+    if num_frames < est - max(3, 0.02 * est):
+        raise MediaError(f"{video_path}: truncated? the container says {est / fps:.2f} s of video but only "
+                         f"{num_frames / fps:.2f} s decode; re-download or re-encode the file "
+                         "(`ffmpeg -i in.mp4 -c:v libx264 -c:a aac out.mp4`), or pass --max_seconds to use the "
+                         "part that decodes")
     if num_frames < ds.MIN_FRAMES:
         raise MediaError(f"{video_path}: only {num_frames} frames at {fps} fps; need >= {ds.MIN_FRAMES} for the "
                          "train/test split (use a longer clip)")
@@ -274,11 +280,22 @@ def save_preview(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, ind
     return paths
 
 
-def tracker(head: str):
-    """The track_fn that fits `head` to the prepared landmarks (ggtalker_jax.data.track)."""
+def tracker(head: str, landmark_embedding: str | None = None):
+    """The track_fn that fits `head` (with its MediaPipe `landmark_embedding`, FLAME) to the prepared
+    landmarks (ggtalker_jax.data.track). The model is loaded now, so a bad --head / --landmark_embedding
+    fails before the video is processed."""
+    from ggtalker_jax import head as head_lib
+    if head == "open" and landmark_embedding:
+        raise UsageError(f"--landmark_embedding {landmark_embedding}: only for a FLAME --head (the open head "
+                         "embeds MediaPipe's points itself)")
+    model = head_lib.load(head, landmark_embedding=landmark_embedding)
+    if model.num_landmarks == 0:
+        raise UsageError(f"--head {head}: tracking needs MediaPipe's points on this model; pass "
+                         "--landmark_embedding mediapipe_landmark_embedding.npz (shipped with FLAME 2023)")
+
     def track(out_dir):
         from ggtalker_jax.data.track import track_dataset
-        result = track_dataset(str(out_dir), head=head)
+        result = track_dataset(str(out_dir), head=model)
         err = result["landmark_error_px"]
         log.info("tracking: landmark error %.2f px mean, %.2f px median (%.1f s)", float(err.mean()),
                  float(np.median(err)), result["seconds"])

@@ -6,7 +6,8 @@ values are numpy arrays, chumpy ``Ch`` objects (the array lives in the state dic
 scipy and, more importantly, lets the file call any importable callable. Here a restricted
 ``pickle.Unpickler`` resolves only an explicit allow-list of names to inert stand-ins or to numpy's
 own array reconstructors; every other global is refused with :class:`UnsafePickleError` before
-anything in the file runs.
+anything in the file runs. The same file re-saved by Python 3 at protocol 2 (bytes stored as
+``_codecs.encode(str, 'latin1')``) loads too.
 
 Public API:
   * :func:`load_flame_arrays` -- ``generic_model.pkl`` or an ``.npz`` with the same keys -> dict of
@@ -138,6 +139,18 @@ def _safe_copyreg_newobj(cls: Any, *args: Any) -> Any:
     return object.__new__(cls)
 
 
+def _safe_codecs_encode(text: Any, encoding: Any = None, errors: Any = "strict") -> bytes:
+    """``_codecs.encode(str, 'latin1')``: how Python 3 stores ``bytes`` in pickle protocols 0-2.
+
+    Only that exact call is honoured (a ``str`` and the ``latin1`` codec, as ``pickle`` writes it); any
+    other codec (``zlib``, ``rot13``, ...) or argument type is refused.
+    """
+    if type(text) is not str or encoding != "latin1" or errors != "strict":
+        raise UnsafePickleError(f"_codecs.encode refused for ({type(text).__name__}, {encoding!r}, "
+                                f"{errors!r}); only (str, 'latin1') is allowed")
+    return text.encode("latin1")
+
+
 def _numpy_scalar() -> Any:
     from numpy._core import multiarray
 
@@ -164,6 +177,8 @@ for _mod in ("__builtin__", "builtins"):
     # Python 2 pickles sets as REDUCE(set, [items]); chumpy state dicts hold sets such as _dirty_vars.
     _ALLOWED_GLOBALS[(_mod, "set")] = set
     _ALLOWED_GLOBALS[(_mod, "frozenset")] = frozenset
+# Python 3 writing protocol <= 2 stores bytes (e.g. ndarray raw data) as _codecs.encode(str, 'latin1').
+_ALLOWED_GLOBALS[("_codecs", "encode")] = _safe_codecs_encode
 del _mod
 
 
@@ -259,7 +274,8 @@ def load_flame_arrays(path: str | os.PathLike, num_shape: int = 300,
     """Read FLAME ``generic_model.pkl`` (or an ``.npz`` with the same keys) safely.
 
     Args:
-      path: the official pickle (Python 2, chumpy/scipy objects are replaced by inert stand-ins) or
+      path: the official pickle (Python 2, or re-saved by Python 3 at protocol <= 2; chumpy/scipy
+        objects are replaced by inert stand-ins) or
         an ``.npz`` holding ``v_template, f, shapedirs, posedirs, J_regressor, kintree_table,
         weights`` (``J_regressor`` dense).
       num_shape: identity components kept, ``<= 300`` (FLAME stores 300 shape components first).

@@ -19,6 +19,8 @@ from flax import struct
 
 from ggtalker_jax.constants import EXPR_DIM, NUM_EXPRESSION
 
+JOINT_NAMES = ("global", "neck", "jaw", "eye_left", "eye_right")  # the skeleton of every head model
+
 
 @struct.dataclass
 class HeadModel:
@@ -29,7 +31,9 @@ class HeadModel:
     uvs [Vt, 2] in [0, 1] (v down), uv_faces [F, 3] int32, lmk_faces [L] int32, lmk_bary [L, 3],
     lmk_mediapipe_index [L] int32 (which of MediaPipe's 478 face-mesh points each landmark is),
     lip_vertices [K] int32 (vertices of the lips, for lip-vertex losses).
-    Static: name, parents (J,), expression_names (50,).
+    Static: name ("open" | "flame" | ...), parents (J,), expression_names (50,; empty when unnamed), source
+    (the files the model was built from: ((role, absolute path, sha256), ...), empty for built-in models;
+    see `ggtalker_jax.head.record`).
     """
     v_template: Any
     faces: Any
@@ -47,6 +51,7 @@ class HeadModel:
     name: str = struct.field(pytree_node=False, default="head")
     parents: tuple = struct.field(pytree_node=False, default=(-1, 0, 1, 1, 1))
     expression_names: tuple = struct.field(pytree_node=False, default=())
+    source: tuple = struct.field(pytree_node=False, default=())
 
     @property
     def num_vertices(self) -> int:
@@ -152,7 +157,7 @@ def forward(model: HeadModel, shape=None, expression=None, jaw_pose=None, neck_p
                       joints=joints.reshape(batch + joints.shape[1:]))
 
 
-def from_arrays(arrays: dict, name: str, expression_names=(), parents=(-1, 0, 1, 1, 1)) -> HeadModel:
+def from_arrays(arrays: dict, name: str, expression_names=(), parents=(-1, 0, 1, 1, 1), source=()) -> HeadModel:
     """Builds a HeadModel from numpy arrays (float32 / int32), checking shapes."""
     v = np.asarray(arrays["v_template"], np.float32)
     nv = v.shape[0]
@@ -177,7 +182,8 @@ def from_arrays(arrays: dict, name: str, expression_names=(), parents=(-1, 0, 1,
         lmk_bary=jnp.asarray(arrays.get("lmk_bary", np.zeros((0, 3))), jnp.float32),
         lmk_mediapipe_index=jnp.asarray(arrays.get("lmk_mediapipe_index", np.zeros((0,))), jnp.int32),
         lip_vertices=jnp.asarray(arrays.get("lip_vertices", np.zeros((0,))), jnp.int32),
-        name=name, parents=tuple(int(p) for p in parents), expression_names=tuple(expression_names))
+        name=name, parents=tuple(int(p) for p in parents), expression_names=tuple(expression_names),
+        source=tuple(tuple(s) for s in source))
 
 
 def blink_dimensions(model: HeadModel) -> list[int]:

@@ -1,56 +1,56 @@
-"""The built-in open head model: made entirely by this code (no third-party mesh, no restricted data).
+"""The built-in open head model: a procedural head whose face is MediaPipe's face mesh (no restricted data).
 
 What it is, and why:
 - **Surface**: one closed-over-the-crown lat-long grid wrapped on a shaped ellipsoid (skull, face, ears as
-  displacements) plus rings down the neck. A grid gives a proper, non-overlapping UV layout for free
-  (u = around the head, seam at the back; v = crown to neck), denser over the face where Gaussians
-  matter, so a UV Gaussian map of size R has most of its texels on the face.
-- **MediaPipe correspondence**: the semantic face-mesh points (lip contours, eyelids, brows, irises, the
-  nose line, the face oval: `LANDMARK_LAYOUT`, 150+ of the 478) are placed on the face by their role and
-  embedded barycentrically, so real video is tracked by matching those MediaPipe landmarks. The point
-  indices come from MediaPipe's published face-mesh connection lists (Apache-2.0); no geometry is copied.
+  displacements) plus rings down the neck (`procedural_head_arrays`). A grid gives a proper,
+  non-overlapping UV layout for free (u = around the head, seam at the back; v = crown to neck), denser
+  over the face where Gaussians matter: at UV resolution R = 512, 258,304 texels are bound (98.5% of the
+  map; `uv.build_uv_binding`).
+- **Face from MediaPipe's face mesh** (`build_open_head_arrays`, version `OPEN_HEAD_VERSION`): the grid's
+  face is conformed (smoothest bi-Laplacian displacement, in increments) so that it passes through the
+  478 points of MediaPipe's face mesh (Face Mesh with irises, Apache-2.0, Google) as MediaPipe's own model
+  regresses them in 3D on renders of the procedural head (`mediapipe_face_points`, made by
+  experiments/build_open_face.py from the installed mediapipe package: no file of MediaPipe's is copied).
+  All 478 points are embedded barycentrically on the surface (154 by their role, the rest at their
+  closest surface point, upper-lip points above the lip line and lower-lip points below it), so real video
+  is tracked on every MediaPipe point and the face has MediaPipe's proportions and depth.
 - **Mouth and eyes on a single surface**: the lips meet along a line; jaw rotation (skinning to the jaw
   joint with a sharp weight step at the line) opens a band between them that the texture paints as the
-  mouth's inside. Blinks move the upper-lid skin down over the eye the same way.
-- **Expression space** (50): speech-relevant displacement fields around the semantic points with smooth
-  falloff (lips spread/pucker/funnel/press/raise/depress/roll, corners up/down, cheeks puff/raise, brows,
-  blinks, eye wide/squint, nose wrinkle, nostril flare, ...) plus smooth residual modes; names in
-  `EXPRESSION_NAMES`. Jaw opening is the jaw pose (the last 3 of the 53 numbers), as in FLAME.
-- **Shape space** (20): global proportions (width, height, depth, face length, jaw width, nose, eyes,
-  lips, chin, cheeks, forehead, ears, neck) and smooth residual modes.
+  mouth's inside. Blinks move the upper-lid skin down over the eye the same way. Skinning weights and
+  expression fields are laid out on the procedural surface (so they follow its lip line and lids) and
+  carried over to the conformed one vertex by vertex.
+- **Expression space** (50, `EXPRESSION_DOCS` says what each component does): speech-relevant
+  displacement fields around the semantic points with smooth falloff plus 12 smooth residual modes. Jaw
+  opening is the jaw pose (the last 3 of the 53 numbers), as in FLAME.
+- **Shape space** (20 + 120): global proportions (width, height, depth, face length, jaw width, nose,
+  eyes, lips, chin, cheeks, forehead, ears, neck), 6 smooth residual modes, then 40 local fields x 3 axes
+  (3 mm Gaussian bumps of 15 mm radius at MediaPipe points spread over the face) for the identity's
+  details; names in `SHAPE_NAMES`.
 Units are metres; y up, z toward the viewer, x toward the subject's left. Deterministic.
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import numpy as np
 
+from ggtalker_jax.head.mediapipe_points import (FACE_OVAL, LEFT_BROW_LOWER, LEFT_BROW_UPPER, LEFT_EYE_LOWER,  # noqa: F401
+                                                LEFT_EYE_UPPER, LEFT_IRIS, LIPS_INNER_LOWER, LIPS_INNER_UPPER,
+                                                LIPS_OUTER_LOWER, LIPS_OUTER_UPPER, NOSE_LINE, RIGHT_BROW_LOWER,
+                                                RIGHT_BROW_UPPER, RIGHT_EYE_LOWER, RIGHT_EYE_UPPER, RIGHT_IRIS)
 from ggtalker_jax.head.model import HeadModel, from_arrays
 
-# MediaPipe face-mesh point indices by role (from mediapipe's face_mesh_connections, Apache-2.0).
-LIPS_OUTER_UPPER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
-LIPS_OUTER_LOWER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
-LIPS_INNER_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
-LIPS_INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-RIGHT_EYE_UPPER = (33, 246, 161, 160, 159, 158, 157, 173, 133)   # subject's right: x < 0, outer -> inner
-RIGHT_EYE_LOWER = (33, 7, 163, 144, 145, 153, 154, 155, 133)
-LEFT_EYE_UPPER = (263, 466, 388, 387, 386, 385, 384, 398, 362)
-LEFT_EYE_LOWER = (263, 249, 390, 373, 374, 380, 381, 382, 362)
-RIGHT_BROW_LOWER = (46, 53, 52, 65, 55)                           # outer -> inner
-RIGHT_BROW_UPPER = (70, 63, 105, 66, 107)
-LEFT_BROW_LOWER = (276, 283, 282, 295, 285)
-LEFT_BROW_UPPER = (300, 293, 334, 296, 336)
-FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
-             377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 356, 389, 251, 284, 332, 297, 338)
-NOSE_LINE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2)
-RIGHT_IRIS = (468, 469, 470, 471, 472)   # centre, then ring
-LEFT_IRIS = (473, 474, 475, 476, 477)
+# Geometry version, recorded with every tracking (ggtalker_jax.head.record): bump it whenever the model's
+# arrays change, so data tracked with an older open head is refused instead of silently misread.
+OPEN_HEAD_VERSION = 2           # 1: procedural face, 154 MediaPipe points; 2: MediaPipe face, all 478
 
 # Face layout (metres, frontal x/y).
 MOUTH_Y, MOUTH_HALF_WIDTH = -0.040, 0.025
 EYE_Y, EYE_X, EYE_HALF_WIDTH, EYE_HALF_HEIGHT = 0.028, 0.032, 0.014, 0.0055
 IRIS_RADIUS = 0.0055
+EYEBALL_DEPTH = 0.011          # eye joint behind the iris centre (eyeball radius ~ 12 mm)
 BROW_Y = 0.045
 CHIN_Y, FOREHEAD_Y, FACE_HALF_WIDTH = -0.100, 0.085, 0.068
 JAW_JOINT = (0.0, -0.005, -0.045)
@@ -67,9 +67,38 @@ EXPRESSION_NAMES = (
     "lower_lip_roll_in", "chin_raise", "mouth_stretch_left", "mouth_stretch_right", "dimple_left", "dimple_right",
     *(f"face_residual_{k}" for k in range(12)),
 )
+EXPRESSION_DOCS = {
+    "lips_spread": "mouth corners out and back (smile width, 'ee')",
+    "lips_pucker": "lips forward and together ('oo')",
+    "lips_funnel": "lips forward, corners in, mouth rounded ('oh')",
+    "lips_press": "lips pressed together and in ('p', 'b', 'm')",
+    "upper_lip_raise": "upper lip up", "lower_lip_depress": "lower lip down",
+    "mouth_corner_up_left": "left corner up", "mouth_corner_up_right": "right corner up",
+    "mouth_corner_down_left": "left corner down", "mouth_corner_down_right": "right corner down",
+    "mouth_left": "whole mouth to the subject's left", "mouth_right": "whole mouth to the subject's right",
+    "cheek_puff_left": "left cheek out", "cheek_puff_right": "right cheek out",
+    "cheek_raise_left": "left cheek up", "cheek_raise_right": "right cheek up",
+    "brow_up_left": "left brow up", "brow_up_right": "right brow up",
+    "brow_down_left": "left brow down", "brow_down_right": "right brow down",
+    "brow_inner_up": "inner ends of both brows up",
+    "blink_left": "left upper lid down over the eye (1 = closed)", "blink_right": "right upper lid down (1 = closed)",
+    "eye_wide_left": "left upper lid up", "eye_wide_right": "right upper lid up",
+    "squint_left": "left lower lid up", "squint_right": "right lower lid up",
+    "nose_wrinkle": "nose bridge skin up", "nostril_flare": "nostrils out",
+    "upper_lip_forward": "upper lip forward", "lower_lip_forward": "lower lip forward",
+    "upper_lip_roll_in": "upper lip rolled in", "lower_lip_roll_in": "lower lip rolled in",
+    "chin_raise": "chin skin up", "mouth_stretch_left": "left corner out and down",
+    "mouth_stretch_right": "right corner out and down", "dimple_left": "skin beside the left corner in",
+    "dimple_right": "skin beside the right corner in",
+    **{f"face_residual_{k}": "smooth random face deformation (four 2 cm bumps), for what the named ones miss"
+       for k in range(12)},
+}
+NUM_GLOBAL_SHAPE = 20
+NUM_LOCAL_SHAPE_CENTRES, LOCAL_SHAPE_RADIUS, LOCAL_SHAPE_AMPLITUDE = 40, 0.015, 0.003
 SHAPE_NAMES = ("width", "height", "depth", "face_length", "jaw_width", "nose_length", "nose_width", "eye_distance",
                "lip_thickness", "chin_forward", "cheek_fullness", "forehead_height", "ear_size", "neck_width",
-               *(f"shape_residual_{k}" for k in range(6)))
+               *(f"shape_residual_{k}" for k in range(6)),
+               *(f"local_{k}_{axis}" for k in range(NUM_LOCAL_SHAPE_CENTRES) for axis in "xyz"))
 
 N_LON, N_LAT_HEAD, N_LAT_NECK = 96, 80, 8
 # Extra rows of the grid where the surface must stretch: the lip line (the mouth opens there) and the eyes
@@ -364,6 +393,36 @@ def _shape_basis(verts):
     return np.stack(fields, -1).astype(np.float32)
 
 
+def _joint_regressor(verts, joints, num_near: int = 8) -> np.ndarray:
+    """J_regressor [J, V]: each joint is a fixed point, written as an affine combination of its nearest
+    vertices that reproduces it exactly at rest (so shape changes move the joints with the surface around
+    them)."""
+    J = np.zeros((len(joints), len(verts)), np.float32)
+    for j, p in enumerate(joints):
+        near = np.argsort(np.sum((verts - p) ** 2, -1))[:num_near]
+        A = np.concatenate([verts[near].T, np.ones((1, num_near))], 0)      # [4, n]
+        J[j, near] = np.linalg.lstsq(A, np.concatenate([p, [1.0]]), rcond=None)[0]
+    return J
+
+
+def _local_shape_basis(verts, points) -> np.ndarray:
+    """[V, 3, 3 K] Gaussian bumps (LOCAL_SHAPE_AMPLITUDE, LOCAL_SHAPE_RADIUS) along x, y, z at K points
+    spread over the face by farthest-point sampling of `points` [P, 3] (from the topmost)."""
+    sel = [int(np.argmax(points[:, 1]))]
+    dist = np.linalg.norm(points - points[sel[0]], axis=-1)
+    for _ in range(NUM_LOCAL_SHAPE_CENTRES - 1):
+        sel.append(int(np.argmax(dist)))
+        dist = np.minimum(dist, np.linalg.norm(points - points[sel[-1]], axis=-1))
+    fields = []
+    for k in sel:
+        w = LOCAL_SHAPE_AMPLITUDE * np.exp(-0.5 * np.sum((verts - points[k]) ** 2, -1) / LOCAL_SHAPE_RADIUS ** 2)
+        for axis in range(3):
+            f = np.zeros_like(verts)
+            f[:, axis] = w
+            fields.append(f)
+    return np.stack(fields, -1).astype(np.float32)
+
+
 def _z_at(verts, xy):
     """Depth of the front-most template vertex near frontal (x, y) (for placing displacement centres)."""
     d = np.hypot(verts[:, 0] - xy[0], verts[:, 1] - xy[1])
@@ -373,8 +432,8 @@ def _z_at(verts, xy):
 
 
 @functools.lru_cache(maxsize=1)
-def build_open_head_arrays() -> dict:
-    """All arrays of the open head model (numpy). Deterministic; a second or so."""
+def procedural_head_arrays() -> dict:
+    """All arrays of the procedural head (numpy). Deterministic; a second or so."""
     verts, faces, uvs, uv_faces, _ = _surface()
     verts = _sculpt(verts)
     lay = landmark_layout()
@@ -384,19 +443,155 @@ def build_open_head_arrays() -> dict:
     lip_vertices = np.unique(faces[[f for i, f in zip(index, lmk_faces) if i in lip_idx]].ravel())
     joints_rest = np.array([ROOT_JOINT, NECK_JOINT, JAW_JOINT, (EYE_X, EYE_Y, 0.06), (-EYE_X, EYE_Y, 0.06)])
     weights = _lbs_weights(verts, lay)
-    # J_regressor: each joint is a fixed point, written as a weighted mean of its nearest vertices that
-    # reproduces it exactly at rest (so shape changes move the joints with the surface around them).
-    J = np.zeros((5, len(verts)), np.float32)
-    for j, p in enumerate(joints_rest):
-        near = np.argsort(np.sum((verts - p) ** 2, -1))[:8]
-        A = np.concatenate([verts[near].T, np.ones((1, 8))], 0)             # [4, 8]
-        wj = np.linalg.lstsq(A, np.concatenate([p, [1.0]]), rcond=None)[0]
-        J[j, near] = wj
+    J = _joint_regressor(verts, joints_rest)
     return {"v_template": verts.astype(np.float32), "faces": faces, "uvs": uvs, "uv_faces": uv_faces,
             "shapedirs": _shape_basis(verts), "exprdirs": _expression_basis(verts, lay),
             "J_regressor": J, "lbs_weights": weights, "lmk_faces": np.array(lmk_faces, np.int32),
             "lmk_bary": np.array(lmk_bary, np.float32), "lmk_mediapipe_index": index,
             "lip_vertices": lip_vertices.astype(np.int32)}
+
+
+FACE_POINTS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "open_face",
+                                "mediapipe_points.npz")
+
+
+def mediapipe_face_points() -> np.ndarray:
+    """MediaPipe's 478 face-mesh points [478, 3] (metres, head space, neutral face) as MediaPipe's own model
+    regresses them on renders of the procedural head (made by experiments/build_open_face.py)."""
+    with np.load(FACE_POINTS_FILE, allow_pickle=False) as z:
+        points, info = np.asarray(z["points"], np.float64), json.loads(str(z["info"]))
+    made_for = info.get("procedural_template_rms")
+    now = float(np.sqrt(np.mean(np.square(procedural_head_arrays()["v_template"].astype(np.float64)))))
+    if made_for is None or abs(made_for - now) > 1e-6 * now:
+        raise RuntimeError(f"{FACE_POINTS_FILE} was made for another procedural head (template rms {made_for} != "
+                           f"{now}); re-run experiments/build_open_face.py and bump OPEN_HEAD_VERSION")
+    return points
+
+
+def _laplacian(verts: np.ndarray, faces: np.ndarray):
+    """Graph Laplacian with physical edge weights 1 / length^2 [V, V] (sparse) and vertex areas [V] (so that
+    the smoothness of a displacement is measured per metre, whatever the local mesh density)."""
+    from scipy import sparse
+    num = len(verts)
+    i = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    j = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    w = 1.0 / np.maximum(np.sum((verts[i] - verts[j]) ** 2, -1), 1e-12)
+    W = sparse.coo_matrix((np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))),
+                          shape=(num, num)).tocsr()
+    W.sum_duplicates()
+    W.data[:] = 1.0 / np.maximum(np.sum((verts[W.nonzero()[0]] - verts[W.nonzero()[1]]) ** 2, -1), 1e-12)
+    tri = verts[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
+    vertex_area = np.bincount(faces.ravel(), np.repeat(area / 3, 3), minlength=num)
+    return sparse.diags(np.asarray(W.sum(1)).ravel()) - W, np.maximum(vertex_area, 1e-12)
+
+
+def _deform(verts, faces, lmk_faces, lmk_bary, targets, anchor, constraint_weight=1e8, steps: int = 1):
+    """Smoothest displacement (bi-Laplacian, physical weights) of `verts` [V, 3] that puts the barycentric
+    points (lmk_faces [L], lmk_bary [L, 3]) at `targets` [L, 3]; vertices with `anchor` [V] >= 1 stay, the
+    others are pulled back with weight `anchor`. In `steps` increments (the weights follow the shape)."""
+    from scipy import sparse
+    from scipy.sparse.linalg import factorized
+    nv = len(verts)
+    free = np.flatnonzero(anchor < 1.0)
+    rows = np.repeat(np.arange(len(lmk_faces)), 3)
+    C = sparse.coo_matrix((np.asarray(lmk_bary, np.float64).ravel(), (rows, faces[lmk_faces].ravel())),
+                          shape=(len(lmk_faces), nv)).tocsr()
+    Cf = C[:, free]
+    v = verts.copy()
+    for step in range(steps):
+        L, area = _laplacian(v, faces)
+        scale = area.mean()
+        bilap = (L.T @ sparse.diags(scale / area) @ L * scale).tocsr()[free][:, free]
+        A = (bilap + constraint_weight * (Cf.T @ Cf) + sparse.diags(anchor[free] + 1e-8)).tocsc()
+        solve = factorized(A)
+        r = (targets - C @ v) / (steps - step)
+        delta = np.stack([solve(constraint_weight * (Cf.T @ r[:, k])) for k in range(3)], -1)
+        v[free] += delta
+    return v
+
+
+def _closest_surface_point(tri, centroids, point, allowed, radius=0.03):
+    """(face, barycentrics) of the surface point closest to `point` [3] on triangles `tri` [F, 3, 3]
+    (centroids [F, 3]), among the `allowed` [F] ones within `radius`."""
+    near = np.flatnonzero((np.linalg.norm(centroids - point, axis=-1) < radius) & allowed)
+    if len(near) == 0:
+        near = np.flatnonzero(allowed)
+    t = tri[near]
+    a, b, c = t[:, 0], t[:, 1], t[:, 2]
+    ab, ac = b - a, c - a
+    d00, d01, d11 = np.sum(ab * ab, -1), np.sum(ab * ac, -1), np.sum(ac * ac, -1)
+    ap = point - a
+    d20, d21 = np.sum(ap * ab, -1), np.sum(ap * ac, -1)
+    den = np.maximum(d00 * d11 - d01 * d01, 1e-30)
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    bary = np.stack([1 - v - w, v, w], -1)
+    cands = [np.where(np.all(bary >= 0, -1, keepdims=True), bary, np.nan)]    # inside: the plane projection
+    for i0, i1 in ((0, 1), (1, 2), (2, 0)):                                     # else the closest edge point
+        p0, e = t[:, i0], t[:, i1] - t[:, i0]
+        s = np.clip(np.sum((point - p0) * e, -1) / np.maximum(np.sum(e * e, -1), 1e-30), 0, 1)
+        bb = np.zeros_like(bary)
+        bb[:, i0], bb[:, i1] = 1 - s, s
+        cands.append(bb)
+    cands = np.stack(cands)                                                       # [4, n, 3]
+    dist = np.linalg.norm(np.einsum("knj,njc->knc", np.nan_to_num(cands, nan=0.0), t) - point, axis=-1)
+    dist = np.where(np.isnan(cands[..., 0]), np.inf, dist)
+    k, i = np.unravel_index(np.argmin(dist), dist.shape)
+    return int(near[i]), cands[k, i]
+
+
+@functools.lru_cache(maxsize=1)
+def build_open_head_arrays() -> dict:
+    """The open head: the procedural head with its face conformed to MediaPipe's face mesh
+    (`mediapipe_face_points`) and all 478 MediaPipe points embedded. Deterministic; a few seconds."""
+    p = dict(procedural_head_arrays())
+    verts, faces = p["v_template"].astype(np.float64), p["faces"]
+    targets = mediapipe_face_points().copy()
+    # The model's neutral mouth is closed on its lip line: inner-lip pairs meet there, upper above lower.
+    for up, lo in zip(LIPS_INNER_UPPER[1:-1], LIPS_INNER_LOWER[1:-1]):
+        mid = 0.5 * (targets[up] + targets[lo])
+        targets[up], targets[lo] = mid + [0, 0.0003, 0], mid - [0, 0.0003, 0]
+    z, y = verts[:, 2], verts[:, 1]
+    anchor = (1.0 - _smoothstep(-0.03, 0.01, z)) + (1.0 - _smoothstep(-0.16, -0.12, y))
+    # Pass 1: the semantic points the procedural layout places (lips, lids, brows, irises, nose, oval).
+    idx = p["lmk_mediapipe_index"]
+    first = _deform(verts, faces, p["lmk_faces"], p["lmk_bary"], targets[idx], anchor)
+    # Pass 2: every other point attaches to its closest point of that surface; all 478 are then fitted.
+    # Near the mouth, a point above the lips' meeting line attaches above the model's lip line (it moves with
+    # the head, not the jaw) and one below attaches below it; none attaches inside the line's thin band.
+    others = np.setdiff1d(np.arange(len(targets)), idx)
+    face_y = verts[faces].mean(1)[:, 1]
+    inner = np.array([targets[list(LIPS_INNER_UPPER)], targets[list(LIPS_INNER_LOWER)]]).mean(0)   # [11, 3]
+    order_x = np.argsort(inner[:, 0])
+    in_band = np.abs(face_y - MOUTH_Y) < 0.0015
+    tri = first[faces]
+    centroids = tri.mean(1)
+    extra = []
+    for i in others:
+        allowed = ~in_band
+        x = targets[i, 0]
+        if inner[:, 0].min() - 0.01 < x < inner[:, 0].max() + 0.01 and abs(targets[i, 1] - inner[:, 1].mean()) < 0.03:
+            line_y = np.interp(x, inner[order_x, 0], inner[order_x, 1])
+            allowed = allowed & ((face_y > MOUTH_Y) if targets[i, 1] > line_y else (face_y < MOUTH_Y))
+        extra.append(_closest_surface_point(tri, centroids, targets[i], allowed))
+    lmk_faces = np.concatenate([p["lmk_faces"], np.array([f for f, _ in extra], np.int32)])
+    lmk_bary = np.concatenate([p["lmk_bary"], np.array([b for _, b in extra], np.float32)])
+    index = np.concatenate([idx, others]).astype(np.int32)
+    order = np.argsort(index)
+    lmk_faces, lmk_bary, index = lmk_faces[order], lmk_bary[order], index[order]
+    verts = _deform(verts, faces, lmk_faces, lmk_bary, targets[index], anchor, steps=5)
+    points = np.einsum("lk,lkc->lc", lmk_bary, verts[faces[lmk_faces]])
+    # Eyeball centres EYEBALL_DEPTH behind the iris centres, so the rest gaze (+z) goes through the pupils.
+    joints = np.asarray(p["J_regressor"], np.float64) @ np.asarray(p["v_template"], np.float64)
+    for j, iris in ((3, LEFT_IRIS[0]), (4, RIGHT_IRIS[0])):
+        joints[j] = points[int(np.flatnonzero(index == iris)[0])] - (0.0, 0.0, EYEBALL_DEPTH)
+    p["J_regressor"] = _joint_regressor(verts, joints, num_near=32)
+    lip = np.isin(index, list(LIPS_OUTER_UPPER + LIPS_OUTER_LOWER + LIPS_INNER_UPPER + LIPS_INNER_LOWER))
+    p.update(v_template=verts.astype(np.float32), lmk_faces=lmk_faces, lmk_bary=lmk_bary.astype(np.float32),
+             lmk_mediapipe_index=index, lip_vertices=np.unique(faces[lmk_faces[lip]].ravel()).astype(np.int32),
+             shapedirs=np.concatenate([_shape_basis(verts), _local_shape_basis(verts, points[index < 468])], -1))
+    return p
 
 
 def open_head() -> HeadModel:

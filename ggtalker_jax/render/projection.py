@@ -1,9 +1,10 @@
 """EWA projection of 3D Gaussians to screen-space 2D Gaussians (plain jnp, differentiated by autodiff).
 
-Follows graphdeco-inria/diff-gaussian-rasterization and gsplat: cov3d = R S S^T R^T, perspective
-Jacobian with x/z, y/z clamped to +-1.3 tan(fov), cov2d = J W cov3d W^T J^T + eps2d I, radius =
-ceil(3 sqrt(lambda_max)) with the eigenvalue discriminant floored at 0.1, and culling of Gaussians
-outside (near_plane, far_plane), with a non positive-definite cov2d, or entirely off-screen.
+cov3d = R S S^T R^T; camera-space mean t = W p + w; perspective Jacobian J with x/z, y/z clamped;
+cov2d = J W cov3d W^T J^T + eps2d I; conic = cov2d^-1; means2d = (fx x / z + cx, fy y / z + cy).
+The clamp limits, the tile-box radii, the depth culling and the opacity culling follow one rule set of
+`ggtalker_jax.kernels.conventions` (gsplat 1.5 by default, or the original INRIA 3DGS rules); a culled
+Gaussian gets radii (0, 0) and zeros elsewhere.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ggtalker_jax.kernels.conventions import (
+    ALPHA_THRESHOLD, DEFAULT_EPS2D, FOV_CLAMP_MARGIN, GSPLAT, INRIA_DISCRIMINANT_FLOOR, Conventions,
+)
+
 
 class Projection(NamedTuple):
     """Screen-space Gaussians for C cameras and N Gaussians."""
@@ -19,7 +24,7 @@ class Projection(NamedTuple):
     means2d: jnp.ndarray  # [C, N, 2] pixel coordinates (pixel centres at +0.5)
     conics: jnp.ndarray  # [C, N, 3] inverse 2D covariance (a, b, c) of [[a, b], [b, c]]
     depths: jnp.ndarray  # [C, N] camera-space z
-    radii: jnp.ndarray  # [C, N] int32 pixel radius, 0 = culled
+    radii: jnp.ndarray  # [C, N, 2] int32 per-axis pixel radii (x, y); (0, 0) = culled
 
 
 def quat_to_rotmat(quats: jnp.ndarray) -> jnp.ndarray:
@@ -40,17 +45,48 @@ def covariances_3d(quats: jnp.ndarray, scales: jnp.ndarray) -> jnp.ndarray:
     return m @ jnp.swapaxes(m, -1, -2)
 
 
-def _project_one_camera(means, covs3d, viewmat, K, width, height, near_plane, far_plane, eps2d):
+def jacobian_clamp_limits(K, width, height, conventions: Conventions):
+    """Limits (x_neg, x_pos, y_neg, y_pos) of x/z and y/z in the EWA Jacobian: x/z in [-x_neg, x_pos]."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    tan_fovx = 0.5 * width / fx
+    tan_fovy = 0.5 * height / fy
+    if conventions.principal_point_clamp:
+        return (cx / fx + FOV_CLAMP_MARGIN * tan_fovx, (width - cx) / fx + FOV_CLAMP_MARGIN * tan_fovx,
+                cy / fy + FOV_CLAMP_MARGIN * tan_fovy, (height - cy) / fy + FOV_CLAMP_MARGIN * tan_fovy)
+    lim_x = (1.0 + FOV_CLAMP_MARGIN) * tan_fovx
+    lim_y = (1.0 + FOV_CLAMP_MARGIN) * tan_fovy
+    return lim_x, lim_x, lim_y, lim_y
+
+
+def _tile_box_radii(cov2d_a, cov2d_b, cov2d_c, det, opacities, conventions: Conventions):
+    """Per-axis pixel radii (float, before culling) [N], [N] of the dilated 2D covariance."""
+    if conventions.per_axis_box:
+        extend = conventions.extend
+        if conventions.opacity_aware_box:
+            safe = jnp.maximum(opacities, ALPHA_THRESHOLD)
+            extend = jnp.minimum(extend, jnp.sqrt(2.0 * jnp.log(safe / ALPHA_THRESHOLD)))
+        return jnp.ceil(extend * jnp.sqrt(cov2d_a)), jnp.ceil(extend * jnp.sqrt(cov2d_c))
+    mid = 0.5 * (cov2d_a + cov2d_c)
+    lambda_max = mid + jnp.sqrt(jnp.maximum(INRIA_DISCRIMINANT_FLOOR, mid * mid - det))
+    radius = jnp.ceil(conventions.extend * jnp.sqrt(lambda_max))
+    return radius, radius
+
+
+def _project_one_camera(means, covs3d, opacities, viewmat, K, width, height, near_plane, far_plane, eps2d,
+                        conventions: Conventions):
     rot, trans = viewmat[:3, :3], viewmat[:3, 3]
     p_cam = means @ rot.T + trans  # [N, 3]
     x, y, z = p_cam[:, 0], p_cam[:, 1], p_cam[:, 2]
-    in_depth = (z > near_plane) & (z < far_plane)
+    if conventions.near_inclusive:
+        in_depth = (z >= near_plane) & (z <= far_plane)
+    else:
+        in_depth = (z > near_plane) & (z < far_plane)
+    in_depth = in_depth & (z > 0)  # a projection needs a positive depth whatever near_plane says
     z_safe = jnp.where(in_depth, z, 1.0)  # keeps gradients finite for culled Gaussians
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    lim_x = 1.3 * 0.5 * width / fx
-    lim_y = 1.3 * 0.5 * height / fy
-    tx = z_safe * jnp.clip(x / z_safe, -lim_x, lim_x)
-    ty = z_safe * jnp.clip(y / z_safe, -lim_y, lim_y)
+    x_neg, x_pos, y_neg, y_pos = jacobian_clamp_limits(K, width, height, conventions)
+    tx = z_safe * jnp.clip(x / z_safe, -x_neg, x_pos)
+    ty = z_safe * jnp.clip(y / z_safe, -y_neg, y_pos)
     zeros = jnp.zeros_like(z_safe)
     jac = jnp.stack(
         [
@@ -60,20 +96,22 @@ def _project_one_camera(means, covs3d, viewmat, K, width, height, near_plane, fa
         -2,
     )  # [N, 2, 3]
     cov_cam = rot @ covs3d @ rot.T  # [N, 3, 3]
-    cov2d = jac @ cov_cam @ jnp.swapaxes(jac, -1, -2) + eps2d * jnp.eye(2)
+    cov2d = jac @ cov_cam @ jnp.swapaxes(jac, -1, -2) + eps2d * jnp.eye(2, dtype=means.dtype)
     a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
     det = a * c - b * b
     valid = in_depth & (det > 0)
     det_safe = jnp.where(valid, det, 1.0)
     conics = jnp.stack([c / det_safe, -b / det_safe, a / det_safe], -1)
-    mid = 0.5 * (a + c)
-    lambda_max = mid + jnp.sqrt(jnp.maximum(0.1, mid * mid - det))
-    radius = jnp.ceil(3.0 * jnp.sqrt(jax.lax.stop_gradient(jnp.where(valid, lambda_max, 0.0))))
+    box = jax.lax.stop_gradient((jnp.where(valid, a, 1.0), jnp.where(valid, b, 0.0), jnp.where(valid, c, 1.0),
+                                 det_safe, opacities))
+    radius_x, radius_y = _tile_box_radii(*box, conventions)
+    if conventions.opacity_aware_box:
+        valid = valid & (jax.lax.stop_gradient(opacities) >= ALPHA_THRESHOLD)
     means2d = jnp.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], -1)
     mx, my = jax.lax.stop_gradient(means2d[:, 0]), jax.lax.stop_gradient(means2d[:, 1])
-    on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
-    valid = valid & on_screen & (radius > 0)
-    radii = jnp.where(valid, radius, 0.0).astype(jnp.int32)
+    on_screen = (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
+    valid = valid & on_screen & ((radius_x > 0) | (radius_y > 0))
+    radii = jnp.where(valid[:, None], jnp.stack([radius_x, radius_y], -1), 0.0).astype(jnp.int32)
     zero = jnp.zeros_like
     return Projection(
         means2d=jnp.where(valid[:, None], means2d, zero(means2d)),
@@ -84,14 +122,21 @@ def _project_one_camera(means, covs3d, viewmat, K, width, height, near_plane, fa
 
 
 def project_gaussians(
-    means, quats, scales, viewmats, Ks, width, height, near_plane=0.01, far_plane=1e10, eps2d=0.3
+    means, quats, scales, viewmats, Ks, width, height, near_plane=0.01, far_plane=1e10, eps2d=DEFAULT_EPS2D,
+    opacities=None, conventions: Conventions = GSPLAT,
 ) -> Projection:
     """Project N Gaussians into C cameras.
 
     means [N, 3], quats [N, 4] (wxyz), scales [N, 3] (positive), viewmats [C, 4, 4] world-to-camera,
-    Ks [C, 3, 3]. Culled Gaussians get radius 0 and zeros elsewhere.
+    Ks [C, 3, 3]; opacities [N] or [C, N] (only the gsplat box uses them; None = opaque). Culled Gaussians
+    get radii (0, 0) and zeros elsewhere.
     """
     covs3d = covariances_3d(quats, scales)
+    num_cameras = viewmats.shape[0]
+    if opacities is None:
+        opacities = jnp.ones((means.shape[0],), means.dtype)
+    opacities = jnp.broadcast_to(opacities, (num_cameras, means.shape[0]))
     return jax.vmap(
-        lambda v, k: _project_one_camera(means, covs3d, v, k, width, height, near_plane, far_plane, eps2d)
-    )(viewmats, Ks)
+        lambda o, v, k: _project_one_camera(means, covs3d, o, v, k, width, height, near_plane, far_plane, eps2d,
+                                            conventions)
+    )(opacities, viewmats, Ks)

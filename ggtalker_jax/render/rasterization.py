@@ -1,47 +1,122 @@
 """`rasterization()`: the public 3D Gaussian Splatting renderer (gsplat-compatible signature).
 
-Pipeline: EWA projection (`projection.py`, plain jnp, autodiff) -> tile binning with a static
-intersection capacity (`ggtalker_jax.kernels.binning`) -> 2D rasterization. For backend="pallas"
-the 2D stage is one `jax.custom_vjp` whose forward and backward are the Pallas kernels in
-`ggtalker_jax.kernels`; for backend="xla" it is the dense pure-jnp reference (`reference.py`).
+Pipeline: EWA projection (`projection.py`, plain jnp, autodiff) -> a 2D backend from `BACKENDS`:
 
-Capacity and overflow (static shapes):
-* Called outside `jit` (concrete inputs), `rasterization()` first counts the intersections and
-  uses a capacity large enough for all of them (the given `capacity` if it suffices, otherwise the
-  count rounded up to a power of two): it never drops work.
-* Called inside `jit`, `capacity` must be static; when None it defaults to
-  `default_capacity(C, N)` = next power of two of 8 * C * N. If the true count exceeds it,
-  `meta["overflow"]` is True, the intersections of the last Gaussians are dropped, and a Python
-  `RuntimeWarning` is emitted from a `jax.debug.callback` (use `check_overflow(meta)` outside jit to
-  turn it into an error).
+* "pallas": tile binning with a static intersection capacity and the Pallas kernels, one
+  `jax.custom_vjp` (`ggtalker_jax.kernels.rasterize`); Triton on GPU, the Pallas interpreter elsewhere
+  (`interpret=None`), or as asked (`interpret=True/False`);
+* "cpu": the XLA:CPU sub-tile compositor with a hand-written backward (`kernels/cpu_tiles.py`, binned by
+  `kernels/packed_binning.py`): much faster than the Pallas interpreter on a CPU;
+* "xla": the dense pure-jnp reference (`reference.py`);
+* "auto": "pallas" when the default JAX backend is a GPU, else "cpu" (`resolve_backend`).
+
+A backend is a `Backend(render, uses_capacity)` whose `render(proj, opacities, colors, setup)` returns a
+`TiledRender`; add one by adding an entry to `BACKENDS`.
+
+Conventions: gsplat 1.5's rules by default (`conventions="gsplat"`), or the original 3DGS rules
+(`conventions="inria"`); see `ggtalker_jax.kernels.conventions`.
+
+Capacity and overflow (static shapes; capacities are multiples of 1024):
+* Called outside `jit` (concrete inputs), `rasterization()` renders with `capacity` (default
+  `default_capacity(C, N)`) and, when the intersections did not fit, renders again with a capacity that
+  fits them all (the count plus 1/8 headroom): it never drops work. `meta["capacity"]` is the one used.
+* Called inside `jit`, `capacity` must be static; when None it defaults to `default_capacity(C, N)`.
+  If the true count exceeds it, `meta["overflow"]` is True, the intersections of the farthest Gaussians
+  are dropped, and (unless `warn_on_overflow=False`) a `RuntimeWarning` is emitted from a
+  `jax.debug.callback`; `check_overflow(meta)` outside jit turns it into an error. The callback needs the
+  host of the platform that runs it, so cross-lowering for another platform (e.g. CUDA from a CPU host)
+  needs `warn_on_overflow=False`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ggtalker_jax.kernels.binning import bin_gaussians, count_intersections
-from ggtalker_jax.kernels.common import GEOM_WIDTH, TileGrid, default_interpret
-from ggtalker_jax.kernels.rasterize_bwd import rasterize_tiles_bwd
-from ggtalker_jax.kernels.rasterize_fwd import rasterize_tiles_fwd
-from ggtalker_jax.render.projection import project_gaussians
+from ggtalker_jax.kernels.binning import count_intersections, round_capacity
+from ggtalker_jax.kernels.common import KernelTuning, TileGrid, default_tuning, resolve_interpret
+from ggtalker_jax.kernels.cpu_tiles import rasterize_to_pixels_cpu
+from ggtalker_jax.kernels.conventions import CONVENTIONS, DEFAULT_EPS2D, Conventions, get_conventions
+from ggtalker_jax.kernels.rasterize import TiledRender, rasterize_to_pixels_pallas
+from ggtalker_jax.render.projection import Projection, project_gaussians
 from ggtalker_jax.render.reference import rasterize_to_pixels_reference
 
-BACKENDS = ("pallas", "xla")
 RENDER_MODES = ("RGB", "RGB+ED")
+INTERSECTIONS_PER_GAUSSIAN = 8  # default static capacity inside jit: this many tiles per (camera, Gaussian)
 
 
-def next_power_of_two(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
+@dataclasses.dataclass(frozen=True)
+class RenderSetup:
+    """Static parameters of the 2D stage handed to a backend."""
+
+    width: int
+    height: int
+    tile_size: int
+    conventions: Conventions
+    capacity: int  # static intersection capacity (backends with uses_capacity)
+    interpret: bool  # Pallas interpreter instead of compiled kernels
+    tuning: KernelTuning | None  # Triton launch parameters; None = `default_tuning(D)`
+
+    @property
+    def tile_width(self) -> int:
+        return -(-self.width // self.tile_size)
+
+    @property
+    def tile_height(self) -> int:
+        return -(-self.height // self.tile_size)
+
+
+class Backend(NamedTuple):
+    render: Callable[[Projection, jnp.ndarray, jnp.ndarray, RenderSetup], TiledRender]
+    uses_capacity: bool  # bins into a static intersection list (capacity sizing and overflow apply)
+
+
+def _render_pallas(proj: Projection, opacities, colors, setup: RenderSetup) -> TiledRender:
+    tuning = default_tuning(colors.shape[-1]) if setup.tuning is None else setup.tuning
+    grid = TileGrid(proj.depths.shape[0], setup.tile_size, setup.tile_width, setup.tile_height,
+                    conventions=setup.conventions, interpret=setup.interpret, tuning=tuning)
+    return rasterize_to_pixels_pallas(proj.means2d, proj.conics, opacities, colors, proj.depths, proj.radii,
+                                      setup.width, setup.height, grid, setup.capacity)
+
+
+def _render_xla(proj: Projection, opacities, colors, setup: RenderSetup) -> TiledRender:
+    image, t_final = rasterize_to_pixels_reference(proj.means2d, proj.conics, opacities, colors, proj.depths,
+                                                   proj.radii, setup.width, setup.height, setup.tile_size,
+                                                   setup.conventions)
+    n_isect = jnp.sum(count_intersections(proj.means2d, proj.radii, setup.tile_size, setup.tile_width,
+                                          setup.tile_height))
+    return TiledRender(image, t_final, n_isect, jnp.zeros((), jnp.bool_))
+
+
+def _render_cpu(proj: Projection, opacities, colors, setup: RenderSetup) -> TiledRender:
+    return TiledRender(*rasterize_to_pixels_cpu(proj.means2d, proj.conics, opacities, colors, proj.depths,
+                                                proj.radii, setup.width, setup.height, setup.tile_size,
+                                                setup.capacity, conventions=setup.conventions))
+
+
+BACKENDS: dict[str, Backend] = {
+    "pallas": Backend(_render_pallas, uses_capacity=True),
+    "cpu": Backend(_render_cpu, uses_capacity=True),
+    "xla": Backend(_render_xla, uses_capacity=False),
+}
+AUTO = "auto"
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend `backend` names: "auto" -> "pallas" when the default JAX backend is a GPU, else "cpu"."""
+    if backend == AUTO:
+        return "pallas" if jax.default_backend() == "gpu" else "cpu"
+    return backend
 
 
 def default_capacity(num_cameras: int, num_gaussians: int) -> int:
-    """Static intersection capacity used inside jit when none is given: 8 tiles per Gaussian."""
-    return next_power_of_two(max(8 * num_cameras * num_gaussians, 1024))
+    """Static intersection capacity used when none is given: 8 tiles per (camera, Gaussian)."""
+    return round_capacity(INTERSECTIONS_PER_GAUSSIAN * num_cameras * num_gaussians)
 
 
 def check_overflow(meta) -> None:
@@ -58,87 +133,14 @@ def _warn_overflow(overflow, n_isect, capacity):
     if bool(overflow):
         warnings.warn(
             f"rasterization: {int(n_isect)} tile intersections exceed capacity {int(capacity)}; "
-            "intersections were dropped. Pass a larger static `capacity`.",
+            "intersections of the farthest Gaussians were dropped. Pass a larger static `capacity`.",
             RuntimeWarning,
             stacklevel=2,
         )
 
 
-# --------------------------------------------------------------------------------------------------
-# 2D stage on the Pallas kernels, as one custom_vjp.
-
-
-def _pad_channels(colors):
-    depth_channels = colors.shape[-1]
-    padded = next_power_of_two(max(depth_channels, 1))
-    return jnp.pad(colors, ((0, 0), (0, padded - depth_channels)))
-
-
-def _gather_isects(flat_ids, means2d, conics, opacities, colors):
-    """Per-intersection rows in sorted order: geometry [capacity, 8], colours [capacity, Dp]."""
-    m = means2d.shape[0]
-    geom = jnp.concatenate(
-        [means2d, conics, opacities[:, None], jnp.zeros((m, GEOM_WIDTH - 6), means2d.dtype)], axis=1
-    )
-    ids = jnp.minimum(flat_ids, m - 1)  # unused slots (id == m) are never read by any tile
-    return geom[ids], _pad_channels(colors)[ids]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def rasterize_tiles(grid: TileGrid, means2d, conics, opacities, colors, flat_ids, tile_starts, tile_ends):
-    """Differentiable tiled 2D rasterization (no background).
-
-    means2d [M, 2], conics [M, 3], opacities [M], colors [M, D] for M = C * N flattened
-    (camera, Gaussian) pairs; flat_ids [capacity], tile_starts / tile_ends [C * n_tiles] from
-    `bin_gaussians`. Returns colours [C * n_tiles, P, D] and final transmittance [C * n_tiles, P].
-    """
-    out, _ = _rasterize_tiles_fwd(grid, means2d, conics, opacities, colors, flat_ids, tile_starts, tile_ends)
-    return out
-
-
-def _rasterize_tiles_fwd(grid, means2d, conics, opacities, colors, flat_ids, tile_starts, tile_ends):
-    geom, isect_colors = _gather_isects(flat_ids, means2d, conics, opacities, colors)
-    tile_colors, t_final, last = rasterize_tiles_fwd(grid, tile_starts, tile_ends, geom, isect_colors)
-    depth_channels = colors.shape[-1]
-    residuals = (geom, isect_colors, t_final, last, flat_ids, tile_starts, tile_ends, means2d.shape[0])
-    return (tile_colors[..., :depth_channels], t_final), residuals
-
-
-def _rasterize_tiles_bwd(grid, residuals, cotangents):
-    geom, isect_colors, t_final, last, flat_ids, tile_starts, tile_ends, m = residuals
-    g_colors, g_t_final = cotangents
-    depth_channels = g_colors.shape[-1]
-    g_colors = jnp.pad(g_colors, ((0, 0), (0, 0), (0, isect_colors.shape[-1] - depth_channels)))
-    d_geom, d_colors = rasterize_tiles_bwd(
-        grid, tile_starts, tile_ends, geom, isect_colors, t_final, last, g_colors, g_t_final
-    )
-    used = flat_ids < m
-    d_geom = jnp.where(used[:, None], d_geom, 0.0)
-    d_colors = jnp.where(used[:, None], d_colors[:, :depth_channels], 0.0)
-    # Deterministic reduction of the per-intersection gradients over Gaussian ids.
-    d_geom = jax.ops.segment_sum(d_geom, flat_ids, num_segments=m)
-    d_colors = jax.ops.segment_sum(d_colors, flat_ids, num_segments=m)
-    return d_geom[:, 0:2], d_geom[:, 2:5], d_geom[:, 5], d_colors, None, None, None
-
-
-rasterize_tiles.defvjp(_rasterize_tiles_fwd, _rasterize_tiles_bwd)
-
-
-def tiles_to_image(tiles, num_cameras, tile_size, tile_width, tile_height, width, height):
-    """[C * n_tiles, P, ...] in row-major tile order -> [C, H, W, ...]."""
-    rest = tiles.shape[2:]
-    img = tiles.reshape(num_cameras, tile_height, tile_width, tile_size, tile_size, *rest)
-    img = jnp.moveaxis(img, 3, 2)  # [C, ty, ts_y, tx, ts_x, ...]
-    img = img.reshape(num_cameras, tile_height * tile_size, tile_width * tile_size, *rest)
-    return img[:, :height, :width]
-
-
-# --------------------------------------------------------------------------------------------------
-# Public API.
-
-
 def _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width, height, tile_size,
-              backend, render_mode):
+              backend, render_mode, capacity, interpret, conventions):
     def need(cond, msg):
         if not cond:
             raise ValueError(f"rasterization: {msg}")
@@ -160,8 +162,11 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds
         need(backgrounds.shape == (c, d), f"backgrounds must be [C, D] = [{c}, {d}] or None, got {backgrounds.shape}")
     need(int(width) > 0 and int(height) > 0, f"width/height must be positive, got {width}x{height}")
     need(int(tile_size) > 0 and (tile_size & (tile_size - 1)) == 0, f"tile_size must be a power of two, got {tile_size}")
-    need(backend in BACKENDS, f"backend must be one of {BACKENDS}, got {backend!r}")
+    need(backend in BACKENDS or backend == AUTO, f"backend must be one of {(*BACKENDS, AUTO)}, got {backend!r}")
     need(render_mode in RENDER_MODES, f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    need(conventions in CONVENTIONS, f"conventions must be one of {tuple(CONVENTIONS)}, got {conventions!r}")
+    need(capacity is None or int(capacity) > 0, f"capacity must be a positive int or None, got {capacity!r}")
+    need(interpret is None or isinstance(interpret, bool), f"interpret must be None, True or False, got {interpret!r}")
     named = dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
                  Ks=Ks, backgrounds=backgrounds)
     for name, value in named.items():
@@ -169,18 +174,11 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds
             need(bool(np.all(np.isfinite(np.asarray(value)))), f"{name} contains NaN or Inf; fix the input values")
 
 
-@functools.partial(jax.jit, static_argnames=("width", "height", "tile_size", "near_plane", "far_plane", "eps2d"))
-def _count_intersections_jit(means, quats, scales, viewmats, Ks, width, height, tile_size, near_plane, far_plane,
-                             eps2d):
-    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
-    tw, th = -(-width // tile_size), -(-height // tile_size)
-    return jnp.sum(count_intersections(proj.means2d, proj.radii, tile_size, tw, th))
-
-
 def rasterization(
     means, quats, scales, opacities, colors, viewmats, Ks, width: int, height: int, near_plane: float = 0.01,
-    far_plane: float = 1e10, eps2d: float = 0.3, backgrounds=None, tile_size: int = 16, backend: str = "pallas",
-    render_mode: str = "RGB", capacity: int | None = None,
+    far_plane: float = 1e10, eps2d: float = DEFAULT_EPS2D, backgrounds=None, tile_size: int = 16,
+    backend: str = "pallas", render_mode: str = "RGB", capacity: int | None = None, interpret: bool | None = None,
+    conventions: str = "gsplat", warn_on_overflow: bool = True, tuning: KernelTuning | None = None,
 ):
     """Render N 3D Gaussians into C cameras (gsplat.rasterization conventions).
 
@@ -188,12 +186,19 @@ def rasterization(
       means [N, 3]; quats [N, 4] wxyz (normalised here); scales [N, 3] positive; opacities [N] in
       [0, 1]; colors [N, D] or [C, N, D] (any D); viewmats [C, 4, 4] world-to-camera (OpenCV);
       Ks [C, 3, 3]; backgrounds [C, D] or None (zeros).
-      width, height, tile_size, backend, render_mode, capacity: static under jit.
+      width, height, tile_size, backend, render_mode, capacity, interpret, conventions, tuning: static.
+      backend: "pallas", "cpu", "xla" or "auto" (see the module docstring).
       render_mode: "RGB" or "RGB+ED" (expected depth appended as the last channel).
-      capacity: static length of the intersection list; see the module docstring.
+      capacity: static length of the intersection list (rounded up to a multiple of 1024); see the
+        module docstring.
+      interpret: None = Pallas interpreter unless the default JAX backend is a GPU; True / False force the
+        interpreter / the compiled (Triton) kernels.
+      conventions: "gsplat" (gsplat 1.5, default) or "inria" (original 3DGS rules).
+      warn_on_overflow: inside jit, warn from a host callback when intersections were dropped.
+      tuning: Triton launch parameters of the Pallas kernels (`KernelTuning`; None = `default_tuning`).
     Returns:
       render_colors [C, H, W, D (+1)], render_alphas [C, H, W, 1], meta dict (means2d [C, N, 2],
-      depths [C, N], radii [C, N] int32, conics [C, N, 3], n_intersections [], capacity int,
+      depths [C, N], radii [C, N, 2] int32, conics [C, N, 3], n_intersections [], capacity int,
       overflow [] bool, tile_width, tile_height, tile_size, width, height).
     """
     means, quats, scales, opacities, colors, viewmats, Ks = (
@@ -201,40 +206,47 @@ def rasterization(
     )
     backgrounds = None if backgrounds is None else jnp.asarray(backgrounds)
     _validate(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width, height, tile_size,
-              backend, render_mode)
-    traced = any(isinstance(x, jax.core.Tracer) for x in (means, quats, scales, opacities, colors, viewmats, Ks))
-    if backend == "pallas" and not traced:
-        # Outside jit: count first so that no intersection is ever dropped.
-        needed = int(_count_intersections_jit(means, quats, scales, viewmats, Ks, int(width), int(height),
-                                              int(tile_size), float(near_plane), float(far_plane), float(eps2d)))
-        if capacity is None or capacity < needed:
-            capacity = next_power_of_two(max(needed, 1024))
-    image, alphas, meta = _rasterization_impl(
-        means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, width=int(width), height=int(height),
-        near_plane=float(near_plane), far_plane=float(far_plane), eps2d=float(eps2d), tile_size=int(tile_size),
-        backend=backend, render_mode=render_mode, capacity=None if capacity is None else int(capacity),
-        warn=traced,
-    )
-    tile_width, tile_height = -(-int(width) // int(tile_size)), -(-int(height) // int(tile_size))
-    if backend == "xla":
+              backend, render_mode, capacity, interpret, conventions)
+    backend = resolve_backend(backend)
+    traced = any(isinstance(x, jax.core.Tracer)
+                 for x in (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds))
+    uses_capacity = BACKENDS[backend].uses_capacity
+    num_cameras, n = viewmats.shape[0], means.shape[0]
+    if not uses_capacity:
         capacity_used = 0
+    elif capacity is None:
+        capacity_used = default_capacity(num_cameras, n)
     else:
-        capacity_used = next_power_of_two(capacity) if capacity is not None else default_capacity(
-            viewmats.shape[0], means.shape[0])
-    meta.update(capacity=capacity_used, tile_width=tile_width, tile_height=tile_height, tile_size=int(tile_size),
-                width=int(width), height=int(height))
+        capacity_used = round_capacity(capacity)
+    static = dict(width=int(width), height=int(height), near_plane=float(near_plane), far_plane=float(far_plane),
+                  eps2d=float(eps2d), tile_size=int(tile_size), backend=backend, render_mode=render_mode,
+                  interpret=resolve_interpret(interpret), conventions=get_conventions(conventions),
+                  tuning=tuning)
+    args = (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
+    image, alphas, meta = _rasterization_impl(*args, capacity=capacity_used, warn=traced and warn_on_overflow,
+                                              **static)
+    if uses_capacity and not traced and bool(meta["overflow"]):
+        # Outside jit: resize (with headroom, so that slowly growing scenes recompile rarely) and retry.
+        n_isect = int(meta["n_intersections"])
+        capacity_used = round_capacity(n_isect + n_isect // 8)
+        image, alphas, meta = _rasterization_impl(*args, capacity=capacity_used, warn=False, **static)
+    meta.update(capacity=capacity_used, tile_width=-(-int(width) // int(tile_size)),
+                tile_height=-(-int(height) // int(tile_size)), tile_size=int(tile_size), width=int(width),
+                height=int(height))
     return image, alphas, meta
 
 
 @functools.partial(
     jax.jit,
     static_argnames=("width", "height", "near_plane", "far_plane", "eps2d", "tile_size", "backend", "render_mode",
-                     "capacity", "warn"),
+                     "capacity", "interpret", "conventions", "tuning", "warn"),
 )
 def _rasterization_impl(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, *, width, height,
-                        near_plane, far_plane, eps2d, tile_size, backend, render_mode, capacity, warn):
+                        near_plane, far_plane, eps2d, tile_size, backend, render_mode, capacity, interpret,
+                        conventions, tuning, warn):
     num_cameras, n = viewmats.shape[0], means.shape[0]
-    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
+    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, eps2d,
+                             opacities=opacities, conventions=conventions)
     colors = jnp.broadcast_to(colors, (num_cameras, n, colors.shape[-1]))
     if render_mode == "RGB+ED":
         colors = jnp.concatenate([colors, proj.depths[..., None]], axis=-1)
@@ -243,35 +255,16 @@ def _rasterization_impl(means, quats, scales, opacities, colors, viewmats, Ks, b
         backgrounds = jnp.zeros((num_cameras, depth_channels), colors.dtype)
     elif render_mode == "RGB+ED":
         backgrounds = jnp.concatenate([backgrounds, jnp.zeros((num_cameras, 1), backgrounds.dtype)], axis=-1)
-    tile_width, tile_height = -(-width // tile_size), -(-height // tile_size)
-
-    if backend == "xla":
-        image, t_final = rasterize_to_pixels_reference(
-            proj.means2d, proj.conics, opacities, colors, proj.depths, proj.radii, width, height, tile_size
-        )
-        n_isect = jnp.sum(count_intersections(proj.means2d, proj.radii, tile_size, tile_width, tile_height))
-        overflow = jnp.zeros((), jnp.bool_)
-    else:
-        # Power-of-two capacity keeps every block shape Triton-friendly.
-        capacity_used = next_power_of_two(capacity) if capacity is not None else default_capacity(num_cameras, n)
-        binning = bin_gaussians(proj.means2d, proj.depths, proj.radii, tile_size, tile_width, tile_height,
-                                capacity_used)
-        grid = TileGrid(num_cameras, tile_size, tile_width, tile_height, interpret=default_interpret())
-        flat_opacities = jnp.broadcast_to(opacities, (num_cameras, n)).reshape(-1)
-        tiles, t_tiles = rasterize_tiles(
-            grid, proj.means2d.reshape(-1, 2), proj.conics.reshape(-1, 3), flat_opacities,
-            colors.reshape(-1, depth_channels), binning.flat_ids, binning.tile_starts, binning.tile_ends,
-        )
-        image = tiles_to_image(tiles, num_cameras, tile_size, tile_width, tile_height, width, height)
-        t_final = tiles_to_image(t_tiles, num_cameras, tile_size, tile_width, tile_height, width, height)
-        n_isect, overflow = binning.n_intersections, binning.overflow
-        if warn:
-            jax.debug.callback(_warn_overflow, overflow, n_isect, capacity_used)
-
-    image = image + t_final[..., None] * backgrounds[:, None, None, :]
+    setup = RenderSetup(width, height, tile_size, conventions, capacity, interpret, tuning)
+    opacities = jnp.broadcast_to(opacities, (num_cameras, n))
+    rendered = BACKENDS[backend].render(proj, opacities, colors, setup)
+    if warn and BACKENDS[backend].uses_capacity:
+        jax.debug.callback(_warn_overflow, rendered.overflow, rendered.n_intersections, capacity)
+    t_final = rendered.transmittance
+    image = rendered.colors + t_final[..., None] * backgrounds[:, None, None, :]
     alphas = (1.0 - t_final)[..., None]
     if render_mode == "RGB+ED":
         image = jnp.concatenate([image[..., :-1], image[..., -1:] / jnp.maximum(alphas, 1e-10)], axis=-1)
     meta = dict(means2d=proj.means2d, depths=proj.depths, radii=proj.radii, conics=proj.conics,
-                n_intersections=n_isect, overflow=overflow)
+                n_intersections=rendered.n_intersections, overflow=rendered.overflow)
     return image, alphas, meta

@@ -22,7 +22,8 @@ the all-reduce). Each process feeds only its own shard (``jax.make_array_from_pr
 Resuming: ``run_training`` saves the `TrainState` and the data iterator's state every
 ``checkpoint_every`` steps and at the end (with ``"finished": true``) through `Checkpointer`, and restores
 the newest one on start, so a killed run continues exactly (per-step randomness is
-``fold_in(rng, step)``); a finished run returns its final state at once. A non-finite loss stops the run
+``fold_in(rng, step)``); a run that already did its steps (or spent its time) returns its final state at once,
+one asked for more steps continues. A non-finite loss stops the run
 (`TrainingError`) without saving the bad state.
 """
 from __future__ import annotations
@@ -255,7 +256,9 @@ def run_training(loss_fn: LossFn, init_params: Any, data_iter: DataIterator, con
         if int(state.step) != start:
             raise RuntimeError(f"checkpoint in {ckpt.directory} is inconsistent: meta step {start} != "
                                f"state step {int(state.step)}; delete the newest step folder")
-        if meta.get("finished"):
+        out_of_budget = start >= config.num_steps or (config.max_seconds is not None
+                                                       and elapsed >= config.max_seconds)
+        if out_of_budget:       # nothing left to do (a longer schedule continues from here instead)
             ckpt.close()
             return state
         if meta.get("data") is not None:

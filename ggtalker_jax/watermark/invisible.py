@@ -1,25 +1,35 @@
 """Invisible, blind spread-spectrum watermark in a resolution-normalised block-DCT luma domain.
 
-Embedding (per frame, `embed_codeword`):
-  1. luma `Y = 0.299 R + 0.587 G + 0.114 B` of the frame `[H, W]`, resized to the working size
-     `[S, S]` (default 256): the pattern lives in this normalised domain, so a rescaled copy of the
-     video maps back onto the same grid.
-  2. 8x8 orthonormal block DCT; a low/mid-frequency band of coefficients per block (default
-     `max(u, v) <= 3`, `u + v >= 2`: 13 per block, at most 3/16 cycles per working pixel, below the
-     Nyquist limit of a 0.5x rescale) are the carriers, `M = (S/8)^2 * 13` of them.
-  3. Every carrier belongs to one codeword bit (a public random interleaving) with a public random
-     chip sign. The per-bit projection `p_k = mean_{j in k} chip_j * x_j` is pushed to at least
-     `strength` in the direction of the bit (improved spread spectrum: the host's own projection is
-     used, so blind detection does not fight the image content; `host_rejection` = lambda).
-  4. The coefficient change is inverse-DCT'd to a `[S, S]` residual, resized to `[H, W]` and added to
-     R, G and B alike (which adds it to luma and leaves chroma alone). `passes` > 1 re-measures the
-     rounded, clipped result and tops up the bits that fell short.
+Domain: the luma `Y = 0.299 R + 0.587 G + 0.114 B` of a frame `[H, W]` resized to the working canvas
+`[S, S]` (default 256), cut into 8x8 blocks, orthonormal DCT; a low/mid-frequency band of each block
+(`max(u, v) <= 3`, `2 <= u + v <= 4`: 10 coefficients, what H.264 at CRF 28 and a 0.5x rescale keep
+best) are the carriers, `M = (S / 8)^2 * 10` of them. Every
+carrier belongs to one codeword bit (public random interleaving, `carrier_layout`) with a public random
+chip sign. A bit's statistic in one frame is the weighted mean `p_k = sum_j w_j chip_j x_j / sum_j w_j`
+over its carriers, `w_j` = 1 / (typical size of band `(u, v)` in the frame) so that no band's host
+content dominates; the detector averages `p_k` over frames and decodes its signs.
 
-Detection (`detect_codeword`) is blind and key-free (the key only signs the record): per-bit soft
-projections are averaged over all frames (a soft majority vote over `T x M / n_bits` carriers), the
-hard bits go through the CRC. When the identity alignment fails it searches crops: for a grid of
-scales the frames are resized by the scale, the sync-word pattern is located by FFT cross-correlation
-and the best-scoring alignments are decoded with the missing blocks masked out.
+Embedding (`design_pattern` + `apply_pattern`) adds one fixed luma pattern `[S, S]` (resized to the frame)
+to every frame; a static pattern is what H.264 keeps best (skipped and predicted blocks carry it along).
+The pattern is designed on the first `design_frames` frames, informed by the host and by the re-encodes
+it must survive (`InvisibleConfig.simulate`, default H.264 CRF 28 and 0.5x + CRF 23):
+  1. each simulated re-encode is run on the frames and on the frames plus a random probe pattern; the
+     probe's survival per 8x8 block is that block's gain `g_a` (flat blocks lose the mark, textured
+     blocks keep it), and the re-encoded clean frames give the host's statistic `h_a` after the attack;
+  2. carrier `j` of bit `k` gets `alpha_k * sign_k * chip_j * g_j * w_j` (matched to where the mark
+     survives, `g` = the largest gain over the attacks); `alpha_k` is the least amplitude that lifts the
+     bit's statistic to `tau` under every attack, unattacked, and on 75% corner crops (the host is
+     cancelled on what a crop keeps too), given the host (informed embedding);
+  3. the hardest bits (above the `give_up_quantile` of needed amplitude) are capped and left to the
+     convolutional code, `tau` is the largest that fits the energy budget `min_psnr_db`, and
+     `top_ups` re-simulations top up bits that fell short.
+
+Detection (`detect_codeword`) is blind and key-free (the key signs the record): per-frame statistics at the
+identity alignment, averaged over all frames, Viterbi + CRC. When that fails it decodes sliding windows of
+`window` frames (a clip made of several marked pieces), and when nothing decodes it searches crops: for a
+grid of kept fractions (and the four corner offsets, or the offset where the sync-word pattern
+correlates best) the frame-mean statistics are decoded, and the alignments that decode (else the most
+coherent ones) are refined and decoded frame by frame with the missing blocks masked out.
 """
 from __future__ import annotations
 
@@ -30,35 +40,56 @@ import cv2
 import numpy as np
 
 from ggtalker_jax.watermark import coding
+from ggtalker_jax.watermark.attacks import Reencode
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+Alignment = tuple[float, float, int, int]  # (scale_y, scale_x, offset_y, offset_x) in working pixels
+IDENTITY: Alignment = (1.0, 1.0, 0, 0)
 
 
 def _default_band() -> tuple[tuple[int, int], ...]:
-    return tuple((u, v) for u in range(4) for v in range(4) if u + v >= 2)
+    return tuple((u, v) for u in range(4) for v in range(4) if 2 <= u + v <= 4)
+
+
+def _default_crop_scales() -> tuple[float, ...]:
+    return tuple(round(1.0 - 0.005 * i, 3) for i in range(1, 71))  # 0.995 .. 0.65
 
 
 @dataclasses.dataclass(frozen=True)
 class InvisibleConfig:
-    """Parameters of the invisible mark; embedder and detector must use the same values."""
+    """Parameters of the invisible mark; embedder and detector must use the same layout values
+    (work_size, block, band, seed)."""
     work_size: int = 256          # side of the normalised working domain [S, S]
     block: int = 8                # DCT block side
     band: tuple[tuple[int, int], ...] = dataclasses.field(default_factory=_default_band)
-    strength: float = 3.0         # minimum per-bit projection after embedding (luma levels)
-    host_rejection: float = 0.5   # ISS lambda: 0 = plain spread spectrum, 1 = full host rejection
-    passes: int = 2               # embed passes (later ones top up bits lost to rounding/clipping)
     seed: int = 0x6774616C        # public seed of the carrier interleaving and chips
-    crop_scales: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8)  # per-axis kept fraction searched
-    candidates_decoded: int = 4   # best sync peaks decoded per detection when identity fails
+    # embedding
+    min_psnr_db: float = 40.5     # energy budget: PSNR of marked vs unmarked frames
+    simulate: tuple[Reencode, ...] = (Reencode(1.0, 28), Reencode(0.5, 23))
+    design_frames: int = 50       # the pattern is designed on the first frames (all when fewer)
+    probe_amplitude: float = 3.0  # carrier amplitude of the random probe measuring survival
+    gain_floor: float = 0.05      # smallest survival gain a block is given energy for
+    give_up_quantile: float = 0.9  # bits needing more amplitude than this quantile are capped
+    design_crops: tuple[float, ...] = (0.75,)  # corner crops (kept fraction) the host is also cancelled on
+    top_ups: int = 1              # re-simulations that top up bits falling short
+    gain_combine: str = "max"     # survival gains of the simulated attacks -> pattern shape: "max" or "mean"
+    # detection
+    crop_scales: tuple[float, ...] = dataclasses.field(default_factory=_default_crop_scales)
+    candidates_decoded: int = 4   # best-scoring crop alignments refined and decoded when identity fails
     min_sync_agreement: int = 13  # of 16 sync bits that must decode right to call a mark present
+    window: int = 25              # frames per window when the whole clip does not decode as one mark
 
     def __post_init__(self):
         if self.work_size % self.block:
             raise ValueError(f"work_size {self.work_size} must be a multiple of block {self.block}")
-        if any(not (0 <= u < self.block and 0 <= v < self.block) for u, v in self.band):
-            raise ValueError(f"band entries must lie in [0, {self.block}), got {self.band}")
-        if self.strength <= 0:
-            raise ValueError(f"strength must be > 0, got {self.strength}")
+        if any(not (0 <= u < self.block and 0 <= v < self.block) or (u, v) == (0, 0) for u, v in self.band):
+            raise ValueError(f"band entries must lie in [0, {self.block}) and exclude DC, got {self.band}")
+        if not 20.0 <= self.min_psnr_db <= 70.0:
+            raise ValueError(f"min_psnr_db must be in [20, 70], got {self.min_psnr_db}")
+        if self.gain_combine not in ("max", "mean"):
+            raise ValueError(f"gain_combine must be 'max' or 'mean', got {self.gain_combine!r}")
+        if self.window < 1 or self.design_frames < 1:
+            raise ValueError(f"window and design_frames must be >= 1, got {self.window}, {self.design_frames}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +132,14 @@ def block_dct(image: np.ndarray, block: int) -> np.ndarray:
     d = _dct_matrix(block)
     nb_y, nb_x = image.shape[0] // block, image.shape[1] // block
     blocks = image.reshape(nb_y, block, nb_x, block).transpose(0, 2, 1, 3)
-    return np.einsum("uk,yxkl,vl->yxuv", d, blocks, d, optimize=True)
+    return d @ blocks @ d.T
 
 
 def block_idct(coeffs: np.ndarray) -> np.ndarray:
     """[S/b, S/b, b, b] -> [S, S]; inverse of `block_dct`."""
     nb_y, nb_x, block, _ = coeffs.shape
     d = _dct_matrix(block)
-    blocks = np.einsum("uk,yxuv,vl->yxkl", d, coeffs, d, optimize=True)
+    blocks = d.T @ coeffs @ d
     return blocks.transpose(0, 2, 1, 3).reshape(nb_y * block, nb_x * block)
 
 
@@ -126,22 +157,7 @@ def luma(frame: np.ndarray) -> np.ndarray:
     return frame.astype(np.float32) @ LUMA_WEIGHTS
 
 
-def _band_coefficients(coeffs: np.ndarray, band) -> np.ndarray:
-    """[nb, nb, b, b] -> [M] carriers in layout order."""
-    us, vs = np.array(band).T
-    return coeffs[:, :, us, vs].reshape(-1)
-
-
-def _bit_projection(x: np.ndarray, layout: CarrierLayout, weight: np.ndarray | None = None):
-    """Carriers [M] -> per-bit mean de-spread projection [n_bits] (weighted by carrier weight [M])."""
-    n_bits = layout.count.size
-    w = np.ones_like(x) if weight is None else weight
-    num = np.bincount(layout.bit_of, weights=layout.chip * x * w, minlength=n_bits)
-    den = np.bincount(layout.bit_of, weights=w, minlength=n_bits)
-    return num / np.maximum(den, 1e-9), den
-
-
-def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
+def check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"{name} must have shape [T, H, W, 3], got {frames.shape}")
@@ -149,143 +165,415 @@ def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
         raise ValueError(f"{name} must be uint8, got {frames.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)")
     if frames.shape[0] == 0:
         raise ValueError(f"{name} is empty (T = 0)")
+    if min(frames.shape[1:3]) < 16:
+        raise ValueError(f"{name} are {frames.shape[1]}x{frames.shape[2]} pixels; at least 16x16 is needed")
     return frames
+
+
+def to_canvas(y: np.ndarray, size: int, alignment: Alignment = IDENTITY) -> tuple[np.ndarray, np.ndarray]:
+    """Observed luma [H, W] -> (canvas [S, S] with the frame placed by `alignment`, coverage [S, S] in {0, 1}).
+
+    The identity alignment resizes the whole frame to the canvas; a crop alignment `(sy, sx, oy, ox)`
+    resizes it to `round(S * sy) x round(S * sx)` and puts it at `(oy, ox)`.
+    """
+    sy, sx, oy, ox = alignment
+    hh, ww = int(round(size * sy)), int(round(size * sx))
+    canvas = np.zeros((size, size), dtype=np.float32)
+    coverage = np.zeros((size, size), dtype=np.float32)
+    canvas[oy:oy + hh, ox:ox + ww] = resize(y, hh, ww)
+    coverage[oy:oy + hh, ox:ox + ww] = 1.0
+    return canvas, coverage
+
+
+def from_canvas(canvas_map: np.ndarray, height: int, width: int, alignment: Alignment = IDENTITY) -> np.ndarray:
+    """Inverse of `to_canvas` for a map on the canvas [S, S] -> [height, width] of the observed frame."""
+    size = canvas_map.shape[0]
+    sy, sx, oy, ox = alignment
+    hh, ww = int(round(size * sy)), int(round(size * sx))
+    return resize(canvas_map[oy:oy + hh, ox:ox + ww], height, width)
+
+
+def _band_planes(canvas: np.ndarray, config: InvisibleConfig) -> np.ndarray:
+    """Canvas [S, S] -> band coefficients [nb, nb, K]."""
+    us, vs = np.array(config.band).T
+    return block_dct(canvas, config.block)[:, :, us, vs]
+
+
+def band_weights(planes: np.ndarray, block_weight: np.ndarray | None = None) -> np.ndarray:
+    """Band coefficients [T, nb, nb, K] -> per-band weights [K] = 1 / (median |coefficient| + 1), mean 1.
+
+    `block_weight` [nb, nb] (1 = block fully observed) excludes blocks outside a crop.
+    """
+    flat = np.abs(planes).reshape(-1, planes.shape[1] * planes.shape[2], planes.shape[3])
+    if block_weight is not None:
+        flat = flat[:, block_weight.reshape(-1) > 0]
+    inverse = 1.0 / (np.median(flat.reshape(-1, planes.shape[3]), axis=0) + 1.0)
+    return (inverse / inverse.mean()).astype(np.float32)
+
+
+def _bit_projection(x: np.ndarray, layout: CarrierLayout, weight: np.ndarray) -> np.ndarray:
+    """Carriers [..., M] -> per-bit weighted mean de-spread statistic [..., n_bits] (weights [M])."""
+    n_bits = layout.count.size
+    den = np.maximum(np.bincount(layout.bit_of, weights=weight, minlength=n_bits), 1e-9)
+    flat = np.asarray(x, dtype=np.float64).reshape(-1, layout.bit_of.size)
+    num = np.stack([np.bincount(layout.bit_of, weights=layout.chip * row * weight, minlength=n_bits)
+                    for row in flat])
+    return (num / den).reshape(*np.shape(x)[:-1], n_bits)
+
+
+def _carrier_means(frames: np.ndarray, config: InvisibleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Frames [T, H, W, 3] -> (frame-mean carriers [M], band planes [T, nb, nb, K])."""
+    planes = np.stack([_band_planes(to_canvas(luma(f), config.work_size)[0], config) for f in frames])
+    return planes.mean(axis=0).reshape(-1), planes
+
+
+def pattern_from_carriers(values: np.ndarray, config: InvisibleConfig) -> np.ndarray:
+    """Carrier values [M] -> luma pattern on the canvas [S, S]."""
+    nb = config.work_size // config.block
+    us, vs = np.array(config.band).T
+    coeffs = np.zeros((nb, nb, config.block, config.block), dtype=np.float32)
+    coeffs[:, :, us, vs] = np.asarray(values, dtype=np.float32).reshape(nb, nb, -1)
+    return block_idct(coeffs)
+
+
+def apply_pattern(frames: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """Add a canvas pattern [S, S] (resized to each frame) to R, G and B of frames [T, H, W, 3] uint8."""
+    frames = check_frames(frames)
+    offset = resize(pattern, frames.shape[1], frames.shape[2])[..., None]
+    out = np.empty_like(frames)
+    for t, frame in enumerate(frames):  # frame by frame: bounded float memory for long videos
+        out[t] = np.clip(np.rint(frame.astype(np.float32) + offset), 0, 255).astype(np.uint8)
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return 10.0 * np.log10(255.0 ** 2 / max(mse, 1e-12))
+
+
+def _corner_crop_masks(config: InvisibleConfig) -> list[np.ndarray]:
+    """Carrier masks [M] (1 = block inside) of the corner crops `config.design_crops` (4 corners each)."""
+    nb = config.work_size // config.block
+    masks = []
+    for keep in config.design_crops:
+        k = int(np.floor(nb * keep))
+        for ys in (slice(0, k), slice(nb - k, nb)):
+            for xs in (slice(0, k), slice(nb - k, nb)):
+                block = np.zeros((nb, nb))
+                block[ys, xs] = 1.0
+                masks.append(np.repeat(block.reshape(-1), len(config.band)))
+    return masks
+
+
+def design_pattern(frames: np.ndarray, codeword: np.ndarray, config: InvisibleConfig = InvisibleConfig()) -> np.ndarray:
+    """The luma pattern [S, S] carrying `codeword` [n_bits] {0, 1}, designed on frames [T, H, W, 3] uint8
+    (the first `config.design_frames` are used). See the module docstring for the steps."""
+    frames = check_frames(frames)[:config.design_frames]
+    codeword = np.asarray(codeword)
+    layout = carrier_layout(config, int(codeword.size))
+    signs = 2.0 * codeword.astype(np.float64) - 1.0
+    nb = config.work_size // config.block
+    n_band = len(config.band)
+    host0, planes = _carrier_means(frames, config)
+    weight = np.tile(band_weights(planes), nb * nb).astype(np.float64)  # [M]
+    del planes
+    rng = np.random.default_rng(config.seed + 1)
+    probe = config.probe_amplitude * rng.choice(np.array([-1.0, 1.0]), size=layout.bit_of.size)
+    probed = apply_pattern(frames, pattern_from_carriers(probe, config))
+    hosts, gains = [], []
+    for attack in config.simulate:
+        clean_after = _carrier_means(attack(frames), config)[0]
+        probe_after = _carrier_means(attack(probed), config)[0]
+        survived = ((probe_after - clean_after) * probe).reshape(nb * nb, n_band).sum(axis=1)
+        gain = np.clip(survived / (probe ** 2).reshape(nb * nb, n_band).sum(axis=1), 0.0, 1.0)
+        hosts.append(_bit_projection(clean_after, layout, weight))
+        gains.append(np.repeat(gain, n_band))
+    del probed
+    combine = {"mean": np.mean, "max": np.max}[config.gain_combine]
+    g = np.maximum(combine(gains, axis=0) if gains else np.ones(layout.bit_of.size), config.gain_floor)
+    masks = [np.ones(layout.bit_of.size)] * len(gains)
+    gains.append(np.ones(layout.bit_of.size))  # the unattacked video must decode too
+    hosts.append(_bit_projection(host0, layout, weight))
+    masks.append(np.ones(layout.bit_of.size))
+    for mask in _corner_crop_masks(config):  # and a corner crop of it: the host is cancelled on the rest
+        gains.append(mask)
+        masks.append(mask)
+        hosts.append(_bit_projection(host0, layout, weight * mask))
+    responses = [np.maximum(np.bincount(layout.bit_of, weights=ga * g * weight ** 2, minlength=codeword.size)
+                            / np.maximum(np.bincount(layout.bit_of, weights=weight * m, minlength=codeword.size), 1e-9),
+                            1e-6) for ga, m in zip(gains, masks)]
+    shape = g * weight  # carrier amplitude per unit alpha (times chip and sign)
+    budget = 255.0 ** 2 / 10.0 ** (config.min_psnr_db / 10.0) * config.work_size ** 2 - 0.1 * config.work_size ** 2
+
+    def amplitudes(tau: float, extra: np.ndarray) -> np.ndarray:
+        need = extra + np.max([np.maximum(0.0, tau - signs * h) / r for h, r in zip(hosts, responses)], axis=0)
+        return np.minimum(need, np.quantile(need, config.give_up_quantile))
+
+    def energy(alpha: np.ndarray) -> float:  # sum of squared carrier values = sum of squared pattern pixels
+        return float(np.sum((alpha[layout.bit_of] * shape) ** 2))
+
+    def fit(extra: np.ndarray) -> tuple[float, np.ndarray]:
+        lo, hi = 0.0, 64.0
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if energy(amplitudes(mid, extra)) <= budget else (lo, mid)
+        return lo, amplitudes(lo, extra)
+
+    def pattern(alpha: np.ndarray) -> np.ndarray:
+        return pattern_from_carriers((signs * alpha)[layout.bit_of] * layout.chip * shape, config)
+
+    tau, alpha = fit(np.zeros(codeword.size))
+    for _ in range(config.top_ups):  # re-simulate: lift the bits the linear model over-estimated
+        marked = apply_pattern(frames, pattern(alpha))
+        extra = np.zeros(codeword.size)
+        for attack, response in zip(config.simulate, responses):
+            reached = signs * _bit_projection(_carrier_means(attack(marked), config)[0], layout, weight)
+            extra = np.maximum(extra, np.maximum(0.0, tau - reached) / response)
+        alpha = np.minimum(alpha + extra, np.quantile(alpha + extra, config.give_up_quantile))
+        alpha *= min(1.0, np.sqrt(budget / max(energy(alpha), 1e-9)))
+    result = pattern(alpha)
+    quality = _psnr(apply_pattern(frames, result), frames)  # rounding/resizing can cost a little
+    if quality < config.min_psnr_db:
+        result *= 10.0 ** ((quality - config.min_psnr_db) / 20.0)
+    return result
 
 
 def embed_codeword(frames: np.ndarray, codeword: np.ndarray, config: InvisibleConfig = InvisibleConfig()) -> np.ndarray:
     """Embed codeword bits [n_bits] {0,1} into every frame of [T, H, W, 3] uint8; returns the same shape."""
-    frames = _check_frames(frames)
-    codeword = np.asarray(codeword)
-    layout = carrier_layout(config, int(codeword.size))
-    signs = 2.0 * codeword.astype(np.float32) - 1.0
-    s, b = config.work_size, config.block
-    nb = s // b
-    us, vs = np.array(config.band).T
-    out = np.empty_like(frames)
-    for t, frame in enumerate(frames):
-        h, w = frame.shape[:2]
-        current = frame
-        accumulated = np.zeros((h, w), dtype=np.float32)
-        for _ in range(config.passes):
-            x = _band_coefficients(block_dct(resize(luma(current), s, s), b), config.band)
-            proj, _ = _bit_projection(x, layout)
-            push = signs * np.maximum(0.0, config.strength - config.host_rejection * signs * proj)
-            if not np.any(push):
-                break
-            delta = np.zeros((nb, nb, b, b), dtype=np.float32)
-            delta[:, :, us, vs] = (push[layout.bit_of] * layout.chip).reshape(nb, nb, -1)
-            accumulated += resize(block_idct(delta), h, w)
-            current = np.clip(np.rint(frame.astype(np.float32) + accumulated[..., None]), 0, 255).astype(np.uint8)
-        out[t] = current
-    return out
+    return apply_pattern(frames, design_pattern(frames, codeword, config))
+
+
+@dataclasses.dataclass(frozen=True)
+class CodewordSegment:
+    """One decoded piece of a clip: frames [start, end) carry `message`.
+
+    soft: [n_bits] frame-averaged statistics (sign = bit). raw_bit_error_rate: mean over its frames of
+    the per-frame hard-decision (pre-aggregation) error rate against the re-encoded message.
+    confidence: mean / std of the soft values signed by the decoded codeword (an SNR).
+    """
+    start: int
+    end: int
+    message: bytes
+    soft: np.ndarray
+    raw_bit_error_rate: float
+    confidence: float
 
 
 @dataclasses.dataclass(frozen=True)
 class CodewordDetection:
-    """Result of `detect_codeword`.
-
-    message: decoded message bytes (CRC verified and sync word matched) or None.
-    soft: [n_bits] frame-averaged per-bit projections (sign = bit) at the chosen alignment.
-    raw_bit_error_rate: mean over frames of the per-frame hard-decision (pre-Viterbi) error rate
-        against the re-encoded decoded codeword (against the frame-averaged hard bits when nothing
-        decoded).
-    confidence: mean |soft| / (per-bit noise std), a signal-to-noise ratio of the aggregated bits.
-    alignment: (scale_y, scale_x, offset_y, offset_x) in working pixels; (1, 1, 0, 0) = no crop.
-    """
-    message: bytes | None
+    """Result of `detect_codeword`: `segments` in frame order (empty when nothing decoded), the
+    `alignment` (scale_y, scale_x, offset_y, offset_x) in working pixels ((1, 1, 0, 0) = no crop), and
+    for the whole clip at that alignment the soft values [n_bits], raw bit error rate and confidence."""
+    segments: tuple[CodewordSegment, ...]
+    alignment: Alignment
     soft: np.ndarray
     raw_bit_error_rate: float
     confidence: float
-    alignment: tuple[float, float, int, int]
+
+    @property
+    def message(self) -> bytes | None:
+        """The message when the whole clip decodes as one segment."""
+        return self.segments[0].message if len(self.segments) == 1 else None
 
 
-def _observed_carriers(lumas: np.ndarray, config: InvisibleConfig, alignment) -> tuple[np.ndarray, np.ndarray]:
-    """Place resized observed lumas [T, H, W] on the working canvas -> carriers [T, M], weights [M]."""
-    s, b = config.work_size, config.block
-    sy, sx, oy, ox = alignment
-    hh, ww = int(round(s * sy)), int(round(s * sx))
-    covered = np.zeros((s, s), dtype=np.float32)
-    covered[oy:oy + hh, ox:ox + ww] = 1.0
-    block_full = covered.reshape(s // b, b, s // b, b).min(axis=(1, 3))
-    weight = np.repeat(block_full.reshape(-1), len(config.band))
-    carriers = []
+def frame_statistics(lumas: np.ndarray, config: InvisibleConfig, n_bits: int,
+                     alignment: Alignment = IDENTITY) -> np.ndarray:
+    """Observed lumas [T, H, W] -> per-frame bit statistics [T, n_bits] at `alignment` (bands weighted by
+    `band_weights`, as the embedder designed them; per-band optimal weights would undo the host
+    cancellation, which holds for this combination only)."""
+    layout = carrier_layout(config, n_bits)
+    nb, b = config.work_size // config.block, config.block
+    planes, coverage = [], None
     for y in lumas:
-        canvas = np.zeros((s, s), dtype=np.float32)
-        canvas[oy:oy + hh, ox:ox + ww] = resize(y, hh, ww)
-        carriers.append(_band_coefficients(block_dct(canvas, b), config.band))
-    return np.stack(carriers), weight
+        canvas, coverage = to_canvas(y, config.work_size, alignment)
+        planes.append(_band_planes(canvas, config))
+    planes = np.stack(planes)
+    block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
+    weight = np.tile(band_weights(planes, block_full), nb * nb) * np.repeat(block_full.reshape(-1), len(config.band))
+    return _bit_projection(planes.reshape(len(lumas), -1), layout, weight)
 
 
-def _decode_at(lumas, config, layout, message_bytes, alignment) -> CodewordDetection:
-    carriers, weight = _observed_carriers(lumas, config, alignment)
-    per_frame = np.stack([_bit_projection(x, layout, weight)[0] for x in carriers])  # [T, n_bits]
-    soft = per_frame.mean(axis=0)
+def _decode(soft: np.ndarray, message_bytes: int, config: InvisibleConfig) -> bytes | None:
     hard = (soft > 0).astype(np.uint8)
-    sync_ok = int(np.sum(hard[:coding.SYNC_BITS.size] == coding.SYNC_BITS)) >= config.min_sync_agreement
-    message = coding.decode_codeword(soft / (np.abs(soft).mean() + 1e-9), message_bytes)
-    if message is not None:  # raw error rates are measured against the re-encoded decoded codeword
-        hard = coding.encode_codeword(message)
-    if not sync_ok:
-        message = None
-    raw_ber = float(np.mean((per_frame > 0).astype(np.uint8) != hard[None]))
-    # Noise per bit: spread of the frame-averaged projection estimated from the carrier residuals.
-    _, den = _bit_projection(carriers[0], layout, weight)
-    resid = carriers * layout.chip - soft[layout.bit_of]
-    noise = np.sqrt(np.sum(weight * resid.var(axis=0) + weight * np.mean(resid, axis=0) ** 2)
-                    / max(np.sum(weight), 1.0))
-    per_bit_std = noise / np.sqrt(np.maximum(den, 1.0) * len(lumas))
-    confidence = float(np.mean(np.abs(soft) / np.maximum(per_bit_std, 1e-9)))
-    return CodewordDetection(message, soft, raw_ber, confidence, tuple(alignment))
+    if int(np.sum(hard[:coding.SYNC_BITS.size] == coding.SYNC_BITS)) < config.min_sync_agreement:
+        return None
+    return coding.decode_codeword(soft / (np.abs(soft).mean() + 1e-12), message_bytes)
+
+
+def _quality(per_frame: np.ndarray, soft: np.ndarray, message: bytes | None) -> tuple[float, float]:
+    """(raw per-frame bit error rate, confidence) against the message's codeword (or the soft signs)."""
+    truth = 2.0 * coding.encode_codeword(message) - 1.0 if message is not None else np.sign(soft)
+    raw_ber = float(np.mean(np.sign(per_frame) != truth[None]))
+    signed = soft * truth
+    return raw_ber, float(np.mean(signed) / (np.std(signed) + 1e-12))
+
+
+def _segment(per_frame: np.ndarray, start: int, end: int, message: bytes) -> CodewordSegment:
+    soft = per_frame[start:end].mean(axis=0)
+    raw_ber, confidence = _quality(per_frame[start:end], soft, message)
+    return CodewordSegment(start, end, message, soft, raw_ber, confidence)
+
+
+def decode_segments(per_frame: np.ndarray, message_bytes: int, config: InvisibleConfig) -> tuple[CodewordSegment, ...]:
+    """Per-frame statistics [T, n_bits] -> decoded segments: the whole clip as one when it decodes and
+    no window of it decodes to another message, else the runs of sliding windows (`config.window`
+    frames, stride window / 5; clips of at least two windows) that decode to the same message."""
+    t = per_frame.shape[0]
+    whole = _decode(per_frame.mean(axis=0), message_bytes, config)
+    w = config.window
+    runs: list[list] = []  # [start, end, message]
+    if t >= 2 * w:
+        starts = sorted(set(range(0, t - w + 1, max(1, w // 5))) | {t - w})
+        cumulative = np.concatenate([np.zeros((1, per_frame.shape[1])), np.cumsum(per_frame, axis=0)])
+        for s in starts:
+            message = _decode((cumulative[s + w] - cumulative[s]) / w, message_bytes, config)
+            if message is None:
+                continue
+            if runs and runs[-1][2] == message and s <= runs[-1][1]:
+                runs[-1][1] = s + w
+            else:
+                runs.append([s, s + w, message])
+        for previous, current in zip(runs, runs[1:]):  # neighbours: split where the frames switch codeword
+            a, b = (2.0 * coding.encode_codeword(m) - 1.0 for m in (previous[2], current[2]))
+            lo, hi = previous[0] + 1, current[1] - 1
+            prefer_a = per_frame[lo - 1:hi] @ (a - b)  # > 0: frame looks like the first message
+            split = lo - 1 + int(np.argmax(np.concatenate([[0.0], np.cumsum(prefer_a)])))
+            previous[1] = current[0] = max(lo, min(hi, split))
+    distinct = {m for _, _, m in runs}
+    if whole is not None and distinct <= {whole}:  # one mark throughout (windows may be too weak)
+        return (_segment(per_frame, 0, t, whole),)
+    if runs:  # several marks (pieces of different videos), or one that only decodes piecewise
+        return tuple(_segment(per_frame, s, e, m) for s, e, m in runs if e > s)
+    return (_segment(per_frame, 0, t, whole),) if whole is not None else ()
 
 
 def _sync_template(config: InvisibleConfig, layout: CarrierLayout) -> np.ndarray:
     """Spatial pattern [S, S] of the sync-word carriers alone."""
-    s, b = config.work_size, config.block
-    nb = s // b
     n_sync = coding.SYNC_BITS.size
     signs = 2.0 * coding.SYNC_BITS.astype(np.float32) - 1.0
     is_sync = layout.bit_of < n_sync
     values = np.where(is_sync, signs[np.minimum(layout.bit_of, n_sync - 1)] * layout.chip, 0.0)
-    coeffs = np.zeros((nb, nb, b, b), dtype=np.float32)
-    us, vs = np.array(config.band).T
-    coeffs[:, :, us, vs] = values.reshape(nb, nb, -1)
-    return block_idct(coeffs)
+    return pattern_from_carriers(values, config)
 
 
-def _search_alignments(lumas, config, layout) -> list[tuple[float, tuple[float, float, int, int]]]:
-    """Score crop alignments by sync-pattern cross-correlation; returns [(z_score, alignment)] best first."""
+def _candidate_scales(height: int, width: int, config: InvisibleConfig) -> list[tuple[float, float]]:
+    """Kept fractions (sy, sx) to search: equal per axis, and, for a non-square crop, the ones that make
+    the original square (the product renders square frames)."""
+    scales = []
+    longest = max(height, width)
+    for s in (1.0, *config.crop_scales):
+        scales.append((s, s))
+        if height != width:
+            scales.append((round(s * height / longest, 4), round(s * width / longest, 4)))
+    return [sc for sc in dict.fromkeys(scales) if sc != (1.0, 1.0)]
+
+
+def _sync_offset(z: np.ndarray, template_f: np.ndarray, size: int) -> tuple[int, int]:
+    """Offset (oy, ox) of a resized luma [hh, ww] on the canvas that best matches the sync pattern."""
+    hh, ww = z.shape
+    canvas = np.zeros((size, size), dtype=np.float32)
+    canvas[:hh, :ww] = z - cv2.GaussianBlur(z, (0, 0), 3.0)
+    corr = np.fft.irfft2(np.conj(np.fft.rfft2(canvas)) * template_f, s=(size, size))[:size - hh + 1, :size - ww + 1]
+    oy, ox = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    return int(oy), int(ox)
+
+
+def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout, alignment: Alignment,
+                  bands: np.ndarray) -> tuple[np.ndarray, float]:
+    """Bit statistics [n_bits] of a frame-mean luma [H, W] at `alignment` (equal to the mean of the
+    per-frame statistics, by linearity) and their coherence score: mean p_k^2 with the true chips over
+    the same with scrambled chips (host only) - about 1 where no mark lines up with the carriers, well
+    above 1 at the mark's alignment, comparable across scales. `bands` [K]: the band weights."""
+    nb, b = config.work_size // config.block, config.block
+    canvas, coverage = to_canvas(mean_luma, config.work_size, alignment)
+    planes = _band_planes(canvas, config)
+    block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
+    weight = (np.tile(bands, nb * nb) * np.repeat(block_full.reshape(-1), len(config.band))).astype(np.float64)
+    x = planes.reshape(-1).astype(np.float64)
+    n_bits = layout.count.size
+    den = np.maximum(np.bincount(layout.bit_of, weights=weight, minlength=n_bits), 1e-9)
+    soft = np.bincount(layout.bit_of, weights=layout.chip * x * weight, minlength=n_bits) / den
+    scrambled = np.bincount(layout.bit_of, weights=_scramble(layout.bit_of.size) * layout.chip * x * weight,
+                            minlength=n_bits) / den
+    return soft, float(np.mean(soft ** 2) / max(np.mean(scrambled ** 2), 1e-12))
+
+
+def alignment_score(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
+                    alignment: Alignment) -> float:
+    """The coherence score of `_aligned_soft` (band weights from the whole frame)."""
+    bands = band_weights(_band_planes(to_canvas(mean_luma, config.work_size)[0], config)[None])
+    return _aligned_soft(mean_luma, config, layout, alignment, bands)[1]
+
+
+@functools.lru_cache(maxsize=4)
+def _scramble(m: int) -> np.ndarray:
+    return np.random.default_rng(0x5C4A).choice(np.array([-1.0, 1.0]), size=m)
+
+
+def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
+                       message_bytes: int) -> list[Alignment]:
+    """Crop alignments to decode, most promising first. Candidates: for every kept fraction the four
+    corner offsets and the offset the sync pattern correlates best with. Those whose frame-mean
+    statistics already decode come first (best coherence score first), then the best-scoring others;
+    each is refined by a local search over offset (+-1 px) and scale (+-0.5%) on the score."""
     s = config.work_size
     template_f = np.fft.rfft2(_sync_template(config, layout))
     mean_luma = lumas.mean(axis=0)
-    scored = []
-    for sy in (1.0, *config.crop_scales):
-        for sx in (1.0, *config.crop_scales):
-            if sy == 1.0 and sx == 1.0:
-                continue
-            hh, ww = int(round(s * sy)), int(round(s * sx))
-            z = resize(mean_luma, hh, ww)
-            z = z - cv2.GaussianBlur(z, (0, 0), 3.0)
-            canvas = np.zeros((s, s), dtype=np.float32)
-            canvas[:hh, :ww] = z
-            corr = np.fft.irfft2(np.conj(np.fft.rfft2(canvas)) * template_f, s=(s, s))
-            valid = corr[:s - hh + 1, :s - ww + 1]
-            oy, ox = np.unravel_index(int(np.argmax(valid)), valid.shape)
-            scored.append((float(valid[oy, ox] / (corr.std() + 1e-9)), (sy, sx, int(oy), int(ox))))
-    return sorted(scored, key=lambda item: -item[0])
+    bands = band_weights(_band_planes(to_canvas(mean_luma, s)[0], config)[None])
+    candidates = set()
+    for sy, sx in _candidate_scales(*mean_luma.shape, config):
+        hh, ww = int(round(s * sy)), int(round(s * sx))
+        offsets = {(0, 0), (0, s - ww), (s - hh, 0), (s - hh, s - ww), _sync_offset(resize(mean_luma, hh, ww), template_f, s)}
+        candidates.update((sy, sx, oy, ox) for oy, ox in offsets)
+    decoded, scored = [], []
+    for alignment in candidates:
+        soft, score = _aligned_soft(mean_luma, config, layout, alignment, bands)
+        scored.append((score, alignment))
+        if _decode(soft, message_bytes, config) is not None:
+            decoded.append((score, alignment))
+    order = sorted(decoded, key=lambda v: -v[0])[:4] + sorted(scored, key=lambda v: -v[0])[:config.candidates_decoded]
+    refined = []
+    for score, (sy, sx, oy, ox) in order:
+        best = (score, (sy, sx, oy, ox))
+        for _ in range(2):  # coordinate ascent
+            _, (by, bx, boy, box) = best
+            for dsy in (-0.005, -0.0025, 0.0, 0.0025, 0.005):
+                nsy, nsx = round(by + dsy, 4), round(bx + dsy * bx / by, 4)
+                hh, ww = int(round(s * nsy)), int(round(s * nsx))
+                for dy in range(-1, 2):
+                    for dx in range(-1, 2):
+                        a = (nsy, nsx, boy + dy, box + dx)
+                        if (dsy and (dy or dx)) or nsy > 1.0 or nsx > 1.0 or min(a[2], a[3]) < 0 \
+                                or a[2] + hh > s or a[3] + ww > s:
+                            continue
+                        sc = _aligned_soft(mean_luma, config, layout, a, bands)[1]
+                        if sc > best[0]:
+                            best = (sc, a)
+        if best[1] not in refined:
+            refined.append(best[1])
+    return refined
 
 
 def detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleConfig = InvisibleConfig(),
                     search_crops: bool = True) -> CodewordDetection:
-    """Blind detection over all frames [T, H, W, 3] uint8 of a codeword carrying `message_bytes` bytes."""
-    frames = _check_frames(frames)
+    """Blind detection in frames [T, H, W, 3] uint8 of codewords carrying `message_bytes` bytes."""
+    frames = check_frames(frames)
     n_bits = coding.codeword_length(message_bytes)
     layout = carrier_layout(config, n_bits)
     lumas = np.stack([luma(f) for f in frames])
-    best = _decode_at(lumas, config, layout, message_bytes, (1.0, 1.0, 0, 0))
-    if best.message is not None or not search_crops:
+
+    def at(alignment: Alignment) -> CodewordDetection:
+        per_frame = frame_statistics(lumas, config, n_bits, alignment)
+        segments = decode_segments(per_frame, message_bytes, config)
+        soft = per_frame.mean(axis=0)
+        raw_ber, confidence = _quality(per_frame, soft, segments[0].message if len(segments) == 1 else None)
+        return CodewordDetection(segments, alignment, soft, raw_ber, confidence)
+
+    best = at(IDENTITY)
+    if best.segments or not search_crops:
         return best
-    for _, alignment in _search_alignments(lumas, config, layout)[:config.candidates_decoded]:
-        found = _decode_at(lumas, config, layout, message_bytes, alignment)
-        if found.message is not None:
+    for alignment in _search_alignments(lumas, config, layout, message_bytes):
+        found = at(alignment)
+        if found.segments:
             return found
     return best

@@ -1,10 +1,13 @@
 """Signing keys: HMAC-SHA256 (default) or ed25519 (via `cryptography`).
 
 HMAC key source, first found: the `GGTALKER_WATERMARK_KEY` environment variable (any string; hex is
-decoded), else the key file `~/.config/ggtalker/watermark.key`, created with 0600 permissions and 32
-random bytes on first use. ed25519 keys live in `~/.config/ggtalker/watermark_ed25519.key` (raw 32-byte
-private key, 0600); detection needs only the public key, which is stored in the metadata record and
-can be pinned with `Ed25519Signer.from_public_hex`.
+decoded), else the key file (`key_file`, default `~/.config/ggtalker/watermark.key`). ed25519 keys live in
+`~/.config/ggtalker/watermark_ed25519.key` (raw 32-byte private key); detection needs only the public key,
+which is stored in the metadata record and can be pinned with `Ed25519Signer.from_public_hex`.
+
+Only marking creates a key (`load_key(..., create=True)`: 32 random bytes, file mode 0600, directory
+0700). Detecting never does: with no key configured, or a key file that does not exist, `load_key`
+raises `KeyNotConfiguredError` instead of inventing a key that could never verify anything.
 """
 from __future__ import annotations
 
@@ -19,7 +22,11 @@ from ggtalker_jax.watermark.payload import Payload, SignedRecord
 
 ENV_VAR = "GGTALKER_WATERMARK_KEY"
 CONFIG_DIR = pathlib.Path("~/.config/ggtalker")
-FRAME_TAG_CONTEXT = b"ggtalker-wm-frame-tag:v1:"
+FRAME_TAG_CONTEXT = b"ggtalker-wm-frame-tag:v2:"
+
+
+class KeyNotConfiguredError(FileNotFoundError):
+    """No watermark key is configured (no env var, no key file), or the given key file does not exist."""
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -44,12 +51,13 @@ class HmacSigner:
         expected = hmac.new(self.secret, record.payload.canonical_json(), hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, record.signature)
 
-    def frame_tag(self, record: SignedRecord) -> bytes:
-        """4-byte tag in the frames: HMAC over the record id, so frames alone verify with the key."""
-        return hmac.new(self.secret, FRAME_TAG_CONTEXT + record.payload.record_id(), hashlib.sha256).digest()[:4]
+    def frame_tag(self, frame_hash: bytes, record: SignedRecord) -> bytes:
+        """4-byte tag in the frames: HMAC over the in-frame content hash, so frames alone verify with the
+        key, and only on content that hashes alike."""
+        return hmac.new(self.secret, FRAME_TAG_CONTEXT + frame_hash, hashlib.sha256).digest()[:4]
 
-    def verify_frame_tag(self, record_id: bytes, tag: bytes, record: SignedRecord | None) -> bool:
-        expected = hmac.new(self.secret, FRAME_TAG_CONTEXT + record_id, hashlib.sha256).digest()[:4]
+    def verify_frame_tag(self, frame_hash: bytes, tag: bytes, record: SignedRecord | None) -> bool:
+        expected = hmac.new(self.secret, FRAME_TAG_CONTEXT + frame_hash, hashlib.sha256).digest()[:4]
         return hmac.compare_digest(expected, tag)
 
 
@@ -94,14 +102,15 @@ class Ed25519Signer:
         except (InvalidSignature, ValueError):
             return False
 
-    def frame_tag(self, record: SignedRecord) -> bytes:
-        """4 bytes binding the frames to the (deterministic) ed25519 signature in the metadata."""
-        return hashlib.sha256(FRAME_TAG_CONTEXT + bytes.fromhex(record.signature)).digest()[:4]
+    def frame_tag(self, frame_hash: bytes, record: SignedRecord) -> bytes:
+        """4 bytes binding the frames to the (deterministic) ed25519 signature in the metadata, which
+        covers the payload's content hash (the in-frame hash is checked against it by the detector)."""
+        return hashlib.sha256(FRAME_TAG_CONTEXT + frame_hash + bytes.fromhex(record.signature)).digest()[:4]
 
-    def verify_frame_tag(self, record_id: bytes, tag: bytes, record: SignedRecord | None) -> bool:
+    def verify_frame_tag(self, frame_hash: bytes, tag: bytes, record: SignedRecord | None) -> bool:
         if record is None:  # a public-key scheme cannot verify 32 bits without the signature
             return False
-        return record.payload.record_id() == record_id and hmac.compare_digest(self.frame_tag(record), tag)
+        return hmac.compare_digest(self.frame_tag(frame_hash, record), tag)
 
 
 Signer = HmacSigner | Ed25519Signer
@@ -114,11 +123,17 @@ def _create_private_file(path: pathlib.Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _read_or_create(path: pathlib.Path, n_bytes: int) -> bytes:
-    try:
-        _create_private_file(path, secrets.token_bytes(n_bytes))
-    except FileExistsError:
-        pass
+def _read_key_file(path: pathlib.Path, n_bytes: int, create: bool) -> bytes:
+    """The key bytes in `path`; with `create`, a missing file is made (random bytes, 0600) first."""
+    if create:
+        try:
+            _create_private_file(path, secrets.token_bytes(n_bytes))
+        except FileExistsError:
+            pass
+    elif not path.is_file():
+        raise KeyNotConfiguredError(
+            f"watermark key file {path} does not exist; check --key_file, or set {ENV_VAR}. Keys are "
+            f"created only when marking (`ggtalker render`, `ggtalker watermark embed`)")
     data = path.read_bytes()
     if len(data) < n_bytes:
         raise ValueError(f"watermark key file {path} is truncated ({len(data)} bytes, need {n_bytes}); "
@@ -126,10 +141,23 @@ def _read_or_create(path: pathlib.Path, n_bytes: int) -> bytes:
     return data[:n_bytes]
 
 
+def default_key_path(key_type: str = "hmac") -> pathlib.Path:
+    names = {"hmac": "watermark.key", "ed25519": "watermark_ed25519.key"}
+    if key_type not in names:
+        raise ValueError(f"key_type must be 'hmac' or 'ed25519', got {key_type!r}")
+    return (CONFIG_DIR / names[key_type]).expanduser()
+
+
 def load_key(key_type: str = "hmac", key_file: str | os.PathLike | None = None,
-             environ: dict | None = None) -> Signer:
-    """The user's watermark key: `key_type` "hmac" (env var, else key file) or "ed25519" (key file)."""
+             environ: dict | None = None, create: bool = False) -> Signer:
+    """The user's watermark key: `key_type` "hmac" (env var, else key file) or "ed25519" (key file).
+
+    create: make the key file when it does not exist (marking only). Without it a missing key raises
+    `KeyNotConfiguredError` naming the file and the fix.
+    """
     environ = os.environ if environ is None else environ
+    default = default_key_path(key_type)  # also validates key_type
+    path = pathlib.Path(key_file).expanduser() if key_file is not None else default
     if key_type == "hmac":
         if key_file is None and environ.get(ENV_VAR):
             value = environ[ENV_VAR]
@@ -138,9 +166,9 @@ def load_key(key_type: str = "hmac", key_file: str | os.PathLike | None = None,
             except ValueError:
                 secret = value.encode("utf-8")
             return HmacSigner(secret)
-        path = pathlib.Path(key_file or CONFIG_DIR / "watermark.key").expanduser()
-        return HmacSigner(_read_or_create(path, 32))
-    if key_type == "ed25519":
-        path = pathlib.Path(key_file or CONFIG_DIR / "watermark_ed25519.key").expanduser()
-        return Ed25519Signer.from_private_bytes(_read_or_create(path, 32))
-    raise ValueError(f"key_type must be 'hmac' or 'ed25519', got {key_type!r}")
+        if key_file is None and not create and not path.is_file():
+            raise KeyNotConfiguredError(
+                f"no watermark key is configured: set {ENV_VAR} or pass --key_file (the default key "
+                f"{path} does not exist; it is created by `ggtalker render` or `ggtalker watermark embed`)")
+        return HmacSigner(_read_key_file(path, 32, create))
+    return Ed25519Signer.from_private_bytes(_read_key_file(path, 32, create))

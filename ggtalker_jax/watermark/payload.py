@@ -1,11 +1,14 @@
-"""The watermark record: what was rendered, by what, from which audio, and what it was edited from.
+"""The watermark record: what was rendered, by what, from which audio, what it looks like, and what it
+was edited from.
 
 Two forms:
   * `Payload` -> canonical JSON (sorted keys, no spaces) -> `SignedRecord` (signature over that JSON),
-    stored in full in the mp4 metadata (comment tag).
-  * the compact in-frame message (`FRAME_MESSAGE_BYTES` = 8 bytes = 64 bits): a 32-bit record id
-    (first 4 bytes of SHA-256 of the canonical JSON) and a 32-bit frame tag from the signer
-    (`keys.Signer.frame_tag`). Detection checks that the metadata record hashes to the id in the frames.
+    stored in full in the mp4 metadata (comment tag). The payload holds the content hash of the frames
+    (`content.PAIRS` bits) and where the visible overlay was drawn, so the signature covers the pixels'
+    coarse layout too: a record copied onto other frames no longer matches them.
+  * the compact in-frame message (`FRAME_MESSAGE_BYTES` = 8 bytes = 64 bits): the 32-bit in-frame content
+    hash (`content.frame_hash`, a subset of the payload's) and a 32-bit frame tag from the signer
+    (`keys.Signer.frame_tag`, which covers that content hash).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import os
 import ggtalker_jax
 
 FRAME_MESSAGE_BYTES = 8
-METADATA_PREFIX = "ggtalker-wm:v1:"
+METADATA_PREFIX = "ggtalker-wm:v2:"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -47,6 +50,10 @@ class Payload:
     render_time: ISO-8601 UTC time of the render.
     visible_mark: whether the visible "AI-generated" overlay was drawn (turning it off is recorded here).
     chain: hex SHA-256 digests of the prior signed records this video was derived from, oldest first.
+    content_hash: hex of the frames' perceptual hash (`content.PAIRS` bits; "" until the frames are marked).
+    frame_size: (height, width) of the marked frames (() until marked).
+    visible_overlay: the overlay's `VisibleMarkConfig` fields as (name, value) pairs (() when none drawn),
+        so a detector can check that a claimed visible mark is where it was drawn.
     """
     subject_hash: str
     audio_sha256: str
@@ -55,9 +62,19 @@ class Payload:
     chain: tuple[str, ...] = ()
     tool: str = "ggtalker-jax"
     tool_version: str = ggtalker_jax.__version__
+    content_hash: str = ""
+    frame_size: tuple[int, ...] = ()
+    visible_overlay: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "chain", tuple(self.chain))
+        object.__setattr__(self, "frame_size", tuple(int(v) for v in self.frame_size))
+        overlay = self.visible_overlay.items() if isinstance(self.visible_overlay, dict) else self.visible_overlay
+        object.__setattr__(self, "visible_overlay", tuple(sorted((str(k), v) for k, v in overlay)))
+        if self.frame_size and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
+            raise ValueError(f"Payload.frame_size must be (height, width), got {self.frame_size}")
+        if self.content_hash and (len(self.content_hash) % 2 or self.content_hash.strip("0123456789abcdef")):
+            raise ValueError(f"Payload.content_hash must be lowercase hex, got {self.content_hash!r}")
         named = [("subject_hash", self.subject_hash), ("audio_sha256", self.audio_sha256)]
         named += [(f"chain[{i}]", digest) for i, digest in enumerate(self.chain)]
         for name, value in named:
@@ -77,6 +94,8 @@ class Payload:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["chain"] = list(self.chain)
+        d["frame_size"] = list(self.frame_size)
+        d["visible_overlay"] = dict(self.visible_overlay)
         return d
 
     @classmethod
@@ -85,7 +104,8 @@ class Payload:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown payload fields {sorted(unknown)}")
-        return cls(**{**d, "chain": tuple(d.get("chain", ()))})
+        return cls(**{**d, "chain": tuple(d.get("chain", ())), "frame_size": tuple(d.get("frame_size", ())),
+                      "visible_overlay": dict(d.get("visible_overlay") or {})})
 
     def canonical_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -94,13 +114,11 @@ class Payload:
         """Hex SHA-256 of the canonical JSON (what a later re-mark puts in its chain)."""
         return sha256_hex(self.canonical_json())
 
-    def record_id(self) -> bytes:
-        """4-byte id embedded in the frames."""
-        return bytes.fromhex(self.digest())[:4]
-
     def derived(self, **changes) -> "Payload":
-        """A payload for a video edited from this one: its digest appended to the chain."""
-        return dataclasses.replace(self, chain=(*self.chain, self.digest()), **changes)
+        """A payload for a video edited from this one: its digest appended to the chain (the content
+        fields are filled in again when the edited frames are marked)."""
+        return dataclasses.replace(self, chain=(*self.chain, self.digest()), content_hash="", frame_size=(),
+                                   visible_overlay=(), **changes)
 
 
 @dataclasses.dataclass(frozen=True)

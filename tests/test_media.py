@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ggtalker_jax.audio.io import ffmpeg_exe, load_audio
-from ggtalker_jax.data import media
+from ggtalker_jax import media
 from ggtalker_jax.errors import MediaError
 
 
@@ -96,3 +96,32 @@ def test_write_mp4_audio_from_path(tmp_path):
     assert media.probe_video(out).has_audio and audio.size / sr == pytest.approx(0.8, abs=0.07)
     with pytest.raises(MediaError, match="nope.wav: file not found"):
         media.write_mp4(tmp_path / "q.mp4", _frames(2), audio=tmp_path / "nope.wav")
+
+
+def test_audio_only_and_still_images_are_named_for_what_they_are(tmp_path):
+    from ggtalker_jax.audio.io import write_wav
+    wav = tmp_path / "speech.m4a"
+    write_wav(tmp_path / "s.wav", 0.1 * np.sin(np.arange(16000) * 0.1).astype(np.float32), 16000)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(tmp_path / "s.wav"), str(wav)], check=True)
+    with pytest.raises(MediaError, match="no video stream.*audio"):
+        media.probe_video(wav)
+    import cv2
+    png = tmp_path / "face.png"
+    cv2.imwrite(str(png), np.full((64, 64, 3), 120, np.uint8))
+    with pytest.raises(MediaError, match="still image"):
+        media.probe_video(png)
+
+
+def test_truncated_faststart_mp4_is_not_a_shorter_clip(tmp_path):
+    """A faststart mp4 cut in the middle still announces its full length; prepare must say it is truncated."""
+    from ggtalker_jax.data import ingest
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(100)]
+    full = tmp_path / "full.mp4"
+    media.write_mp4(full, frames, fps=25, audio=(0.1 * np.sin(np.arange(64000) * 0.1), 16000), preset="ultrafast")
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert media.probe_video(cut).duration == pytest.approx(4.0, abs=0.1)      # the header still says 4 s
+    with pytest.raises(MediaError, match="truncated"):
+        ingest.prepare(cut, tmp_path / "ds", size=32, progress=False)

@@ -1,6 +1,8 @@
-"""Video I/O on top of the ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed).
+"""The one video reader/writer of the package, on top of the ffmpeg binary bundled with imageio-ffmpeg (no
+system ffmpeg needed). Used by `data` (ingest) and `watermark`; it depends only on `audio.io`.
 
-- `probe_video`: size / fps / duration / audio presence of any container ffmpeg reads (H.264, HEVC, VP9...).
+- `probe_video`: size / fps / duration / audio presence / `comment` tag of any container ffmpeg reads
+  (H.264, HEVC, VP9...).
 - `read_video`: streams uint8 ``[H, W, 3]`` RGB frames resampled to a constant target fps by ffmpeg's
   ``fps`` filter (nearest-timestamp selection: output frame ``t`` at time ``t / fps`` is the source frame
   whose timestamp is nearest; handles variable-frame-rate sources by duplicating / dropping frames).
@@ -16,7 +18,7 @@ import os
 import pathlib
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,12 +39,33 @@ class VideoInfo:
     duration: float
     has_audio: bool
     codec: str
+    comment: str = ""  # the container's `comment` tag ("" when absent; the watermark's signed record)
+
+
+def _streams(path: pathlib.Path) -> tuple[str, list[str]]:
+    """(container format name, the `Stream #...` lines) ffmpeg reports for `path` ("" / [] if unreadable)."""
+    res = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True,
+                         check=False)
+    text = res.stderr.decode(errors="replace")
+    fmt = next((line.split(",")[1].strip() for line in text.splitlines() if line.startswith("Input #")), "")
+    return fmt, [line.strip() for line in text.splitlines() if line.strip().startswith("Stream #")]
+
+
+STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif")
 
 
 def _header(path: pathlib.Path) -> dict[str, Any]:
     import imageio_ffmpeg
 
     _check_file(path)
+    fmt, streams = _streams(path)
+    has_video = any(": Video:" in s for s in streams)
+    if streams and not has_video:
+        raise MediaError(f"{path}: has no video stream (only {'audio' if any(': Audio:' in s for s in streams) else 'other'} "
+                         "streams); give a video of the person talking")
+    if has_video and (fmt in STILL_IMAGE_FORMATS or any("attached pic" in s for s in streams) and len(streams) == 1):
+        raise MediaError(f"{path}: is a still image ({fmt}), not a video; give a video of the person talking "
+                         "(a few minutes, with its sound)")
     gen = imageio_ffmpeg.read_frames(str(path))
     try:
         meta = next(gen)
@@ -53,6 +76,21 @@ def _header(path: pathlib.Path) -> dict[str, Any]:
     finally:
         gen.close()
     return meta
+
+
+def read_comment(path: str | os.PathLike) -> str:
+    """The container's `comment` tag ("" when absent), via `ffmpeg -f ffmetadata`."""
+    path = pathlib.Path(path)
+    _check_file(path)
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise MediaError(f"{path}: cannot read the container metadata: "
+                         f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    for line in proc.stdout.decode("utf-8", errors="replace").splitlines():
+        if line.lower().startswith("comment="):
+            return line.split("=", 1)[1]
+    return ""
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -66,7 +104,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise MediaError(f"{path}: no usable video stream (size {width}x{height}, fps {fps})")
     return VideoInfo(width=width, height=height, fps=fps, num_frames=int(round(duration * fps)),
                      duration=duration, has_audio=meta.get("audio_codec") is not None,
-                     codec=str(meta.get("codec", "?")))
+                     codec=str(meta.get("codec", "?")), comment=read_comment(path))
 
 
 def read_video(path: str | os.PathLike, fps: float | None = 25, max_seconds: float | None = None,
@@ -121,7 +159,7 @@ def extract_audio(path: str | os.PathLike, sr: int = 16000) -> tuple[np.ndarray,
 
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25,
               audio: tuple[np.ndarray, int] | str | os.PathLike | None = None, crf: int = 18,
-              preset: str = "medium", comment: str | None = None) -> int:
+              preset: str = "medium", comment: str | Callable[[], str] | None = None) -> int:
     """Encode frames to an H.264 mp4, optionally muxing audio as AAC; returns the number of frames.
 
     Args:
@@ -131,7 +169,8 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
       audio: ``(wav [S] float, sr)``, a path to any audio/video file, or None. The output lasts exactly
         as long as the video: shorter audio is padded with silence, longer audio is cut.
       crf: x264 constant rate factor (18 = visually lossless).
-      comment: written into the container's `comment` tag (the watermark's signed record).
+      comment: written into the container's `comment` tag (the watermark's signed record); a callable is
+        called once every frame was consumed (for a record that is only known after streaming the frames).
     """
     path = pathlib.Path(path)
     if path.parent and not path.parent.exists():
@@ -147,15 +186,13 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
     if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
         raise ValueError(f"write_mp4({path}): frames must be uint8 [H, W, 3], got {first.dtype} {first.shape}")
     h, w = first.shape[:2]
-    tags = ["-metadata", f"comment={comment}"] if comment else []
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmpdir:
         tmp_video = pathlib.Path(tmpdir) / "video.mp4"
         tmp_out = pathlib.Path(tmpdir) / "out.mp4"
         cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-",
                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset,
-               "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-movflags", "+faststart",
-               *(tags if audio is None else []), str(tmp_video if audio is not None else tmp_out)]
+               "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp_video)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         count = 0
         try:
@@ -175,7 +212,11 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
             raise
         if rc != 0:
             raise MediaError(f"write_mp4({path}): ffmpeg failed (exit {rc}): {err.strip()[-500:]}")
-        if audio is not None:  # second pass: copy the video, add AAC audio padded/cut to its duration
+        text = comment() if callable(comment) else comment
+        tags = ["-metadata", f"comment={text}"] if text else []
+        # Second pass: copy the video, add the tags and the AAC audio padded/cut to its duration.
+        mux = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(tmp_video)]
+        if audio is not None:
             if isinstance(audio, (str, os.PathLike)):
                 audio_path = pathlib.Path(audio)
                 _check_file(audio_path)
@@ -183,13 +224,13 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
                 wav, sr = audio
                 audio_path = pathlib.Path(tmpdir) / "audio.wav"
                 write_wav(audio_path, np.asarray(wav, np.float32), int(sr))
-            mux = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(tmp_video), "-i", str(audio_path),
-                   "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "160k",
-                   "-af", "apad", "-t", f"{count / fps:.6f}", "-movflags", "+faststart", *tags, str(tmp_out)]
-            res = subprocess.run(mux, capture_output=True, check=False)
-            if res.returncode != 0:
-                raise MediaError(f"write_mp4({path}): muxing audio {audio_path} failed: "
-                                 f"{res.stderr.decode(errors='replace').strip()[-500:]}")
+            mux += ["-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "160k",
+                    "-af", "apad", "-t", f"{count / fps:.6f}"]
+        mux += ["-c:v", "copy", "-movflags", "+faststart", *tags, str(tmp_out)]
+        res = subprocess.run(mux, capture_output=True, check=False)
+        if res.returncode != 0:
+            raise MediaError(f"write_mp4({path}): muxing {'audio ' + str(audio_path) if audio is not None else 'tags'} "
+                             f"failed: {res.stderr.decode(errors='replace').strip()[-500:]}")
         os.replace(tmp_out, path)
     return count
 
