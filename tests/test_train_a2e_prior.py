@@ -68,8 +68,8 @@ def test_training_learns_the_synthetic_mapping_on_held_out_audio(tmp_path):
     subjects = [a2e_prior.make_synthetic_prepared_dir(str(tmp_path / f"s{i}"), num_frames=320, identity=i, seed=i)
                 for i in range(2)]
     ac = a2e_prior.A2ETrainConfig(batch_size=8, sample_steps=10)
-    tc = trainer.TrainConfig(num_steps=100, learning_rate=3e-3, warmup_steps=10, checkpoint_every=100,
-                             sample_every=100, log_every=20)
+    tc = trainer.TrainConfig(num_steps=300, learning_rate=3e-3, warmup_steps=10, checkpoint_every=300,
+                             sample_every=300, log_every=50)
     params, prior = a2e_prior.train_a2e_prior(subjects, str(tmp_path / "w"), PRIOR, tc, ac)
     clips = [a2e_prior.load_prepared(s) for s in subjects]
     # the prior it defines: the clips' features and the normalisation of their training frames
@@ -86,7 +86,7 @@ def test_training_learns_the_synthetic_mapping_on_held_out_audio(tmp_path):
     before = _eval_loss(a2e_prior.init_params(MC, 0), batch, loss_fn)
     after = _eval_loss(params, batch, loss_fn)
     assert after < 0.5 * before, (before, after)
-    png = tmp_path / "w" / "samples" / "a2e_step0000100.png"
+    png = tmp_path / "w" / "samples" / "a2e_step0000300.png"
     import imageio.v3 as iio
     img = iio.imread(png)
     assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 1
