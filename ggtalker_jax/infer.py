@@ -37,8 +37,8 @@ MIN_OUTPUT_SIZE = 512
 MAX_BLINK_RATE = 120.0      # blinks per minute; people blink 10-30 times a minute
 
 
-# Sampler defaults, chosen by measurement (experiments/bench_lipsync.py --sweep: held-out mouth correlation
-# of the bundled prior over DDIM steps and guidance; see the README's lip-sync section).
+# Sampler defaults: 10 DDIM steps, no guidance (the conditional model alone). experiments/bench_lipsync.py
+# --sweep measures the held-out mouth correlation of a prior over DDIM steps x guidance, to revisit them.
 DEFAULT_DIFFUSION_STEPS = 10
 DEFAULT_GUIDANCE = 1.0
 
