@@ -10,45 +10,14 @@ from ggtalker_jax.kernels import cpu_tiles
 from ggtalker_jax.kernels.binning import bin_gaussians, tile_rects
 from ggtalker_jax.kernels.conventions import ALPHA_THRESHOLD as ALPHA_MIN
 from ggtalker_jax.kernels.packed_binning import bin_gaussians_packed
-from ggtalker_jax.render import intrinsics_from_fov, look_at_viewmat, project_gaussians, rasterization
+from ggtalker_jax.render import project_gaussians, rasterization
+from raster_scenes import H, NAMES, W, random_scene
+from raster_scenes import loss_and_grads as _loss_and_grads
 
-W, H = 40, 24  # 3 x 2 tiles of 16, the last column and row partial
-NAMES = ("means", "quats", "scales", "opacities", "colors", "backgrounds")
 
 
 def _scene(n=60, num_cameras=2, channels=3, seed=0, per_camera_colors=False, opacity=(0.2, 1.0)):
-    rng = np.random.default_rng(seed)
-    means = rng.uniform(-1.0, 1.0, (n, 3)).astype(np.float32)
-    quats = rng.normal(size=(n, 4)).astype(np.float32)
-    scales = (rng.uniform(0.02, 0.3, (n, 3)) * rng.uniform(0.2, 1.0, (n, 1))).astype(np.float32)  # incl. slivers
-    opacities = rng.uniform(*opacity, n).astype(np.float32)
-    shape = (num_cameras, n, channels) if per_camera_colors else (n, channels)
-    colors = rng.uniform(0.0, 1.0, shape).astype(np.float32)
-    viewmats = np.stack([np.asarray(look_at_viewmat([0.6 * c - 0.3, 0.2, -4.0], [0.0, 0.0, 0.0]))
-                         for c in range(num_cameras)])
-    Ks = np.stack([np.asarray(intrinsics_from_fov(45.0 + 5 * c, W, H)) for c in range(num_cameras)])
-    backgrounds = rng.uniform(0.0, 1.0, (num_cameras, channels)).astype(np.float32)
-    return means, quats, scales, opacities, colors, viewmats, Ks, backgrounds
-
-
-def _loss_and_grads(backend, scene, render_mode="RGB", capacity=4096):
-    means, quats, scales, opacities, colors, viewmats, Ks, backgrounds = scene
-    rng = np.random.default_rng(7)
-    out_channels = colors.shape[-1] + (render_mode == "RGB+ED")
-    w_img = jnp.asarray(rng.normal(size=(viewmats.shape[0], H, W, out_channels)), jnp.float32)
-    w_alpha = jnp.asarray(rng.normal(size=(viewmats.shape[0], H, W, 1)), jnp.float32)
-
-    @jax.jit
-    def loss(means, quats, scales, opacities, colors, backgrounds):
-        img, alpha, meta = rasterization(means, quats, scales, opacities, colors, viewmats, Ks, W, H,
-                                         backgrounds=backgrounds, backend=backend, render_mode=render_mode,
-                                         capacity=capacity)
-        return jnp.sum(img * w_img) + jnp.sum(alpha * w_alpha), (img, alpha, meta["overflow"])
-
-    grads, (img, alpha, overflow) = jax.grad(loss, argnums=tuple(range(6)), has_aux=True)(
-        means, quats, scales, opacities, colors, backgrounds)
-    assert not bool(overflow)
-    return img, alpha, grads
+    return random_scene(n, num_cameras, channels, seed, per_camera_colors, opacity, slivers=True)
 
 
 def _assert_grads_close(grads, expected, rtol=2e-5):
@@ -268,7 +237,8 @@ def test_packed_binning_equals_bin_gaussians(num_cameras, n):
     tw, th = 5, 4
     means2d = jnp.asarray(rng.uniform(-10, 90, (num_cameras, n, 2)), jnp.float32)
     depths = jnp.asarray(rng.integers(1, 6, (num_cameras, n)).astype(np.float32))  # many exact ties
-    radii = jnp.asarray(rng.integers(0, 20, (num_cameras, n)), jnp.int32)  # incl. culled (0)
+    radii = rng.integers(0, 20, (num_cameras, n, 2))  # per-axis radii, incl. culled (0 on either axis)
+    radii = jnp.asarray(np.where(radii.min(-1, keepdims=True) == 0, 0, radii), jnp.int32)
     counts = np.asarray(jnp.sum((lambda r: (r[2] - r[0]) * (r[3] - r[1]))(tile_rects(means2d, radii, 16, tw, th))))
     for capacity in (4096, int(counts) // 2):
         a = jax.jit(bin_gaussians, static_argnums=(3, 4, 5, 6))(means2d, depths, radii, 16, tw, th, capacity)
@@ -301,7 +271,7 @@ def test_gradients_match_central_finite_differences_float64():
         opacities = jnp.asarray(rng.uniform(0.3, 0.9, (1, n)))
         colors = jnp.asarray(rng.uniform(0, 1, (1, n, 3)))
         depths = jnp.asarray(rng.uniform(1, 2, (1, n)))
-        radii = jnp.full((1, n), 9, jnp.int32)
+        radii = jnp.full((1, n, 2), 9, jnp.int32)
         weights = jnp.asarray(rng.normal(size=(1, 16, 16, 3)))
         t_weights = jnp.asarray(rng.normal(size=(1, 16, 16)))
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ggtalker_jax.models.configs import GeneratorConfig
-from ggtalker_jax.models.layers import AttentionGate, DoubleConv, UpConv, check_array, small_init
+from ggtalker_jax.models.layers import AttentionGate, DoubleConv, UpConv, check_array, small_init, unet_encoder
 
 SH_C0 = 0.28209479177387814  # 0th-order real spherical-harmonics constant.
 
@@ -65,10 +65,7 @@ class IdentityGaussianGenerator(nn.Module):
         kw = dict(bn_momentum=cfg.bn_momentum, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         x = uv_input.astype(cfg.dtype)
 
-        skips = []
-        for level, width in enumerate(cfg.widths):
-            x = DoubleConv(width, stride=1 if level == 0 else 2, name=f"down{level}", **kw)(x, train)
-            skips.append(x)
+        skips = unet_encoder(x, cfg.widths, train, **kw)
 
         x = skips.pop()
         for level in range(3, -1, -1):

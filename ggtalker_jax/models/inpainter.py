@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ggtalker_jax.models.configs import InpainterConfig
-from ggtalker_jax.models.layers import DoubleConv, UpConv, check_array, small_init
+from ggtalker_jax.models.layers import DoubleConv, UpConv, check_array, small_init, unet_encoder
 
 _EPS = 1e-4
 
@@ -55,10 +55,7 @@ class BodyInpainter(nn.Module):
         x = x.astype(cfg.dtype)
 
         kw = dict(bn_momentum=cfg.bn_momentum, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        skips = []
-        for level, width in enumerate(cfg.widths):
-            x = DoubleConv(width, stride=1 if level == 0 else 2, name=f"down{level}", **kw)(x, train)
-            skips.append(x)
+        skips = unet_encoder(x, cfg.widths, train, **kw)
         x = skips.pop()
         for level in range(3, -1, -1):
             width = cfg.widths[level]

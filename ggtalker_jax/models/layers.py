@@ -54,6 +54,18 @@ class DoubleConv(nn.Module):
         return ConvBNReLU(self.features, 1, **kw)(x, train)
 
 
+def unet_encoder(x, widths, train: bool, **kw) -> list:
+    """The contracting path of the generator's and the inpainter's UNets: one `DoubleConv` per width
+    (stride 1 first, then 2), named `down{level}`. Call it inside the parent's `nn.compact` method, whose
+    submodules these become. x [B, H, W, C] -> skips, the output of every level ([B, H / 2^l, W / 2^l,
+    widths[l]]); the last one is the bottleneck."""
+    skips = []
+    for level, width in enumerate(widths):
+        x = DoubleConv(width, stride=1 if level == 0 else 2, name=f"down{level}", **kw)(x, train)
+        skips.append(x)
+    return skips
+
+
 class UpConv(nn.Module):
     """Nearest x2 upsampling then ConvBNReLU (no transposed-conv checkerboard).
     [B,H,W,C] -> [B,2H,2W,features]."""
