@@ -21,9 +21,9 @@ BatchNorm runs with its stored statistics (eval mode) during adaptation and rend
 Expression-Visual prior updates them.
 
 Configs: `PriorConfig` is what defines a prior (network sizes, head model and so the UV layout, the A2E's
-window and context); it is stored with the prior's weights. `AvatarConfig` adds the run-time choices of
-one avatar (image size, UV resolution R and so the number of Gaussians, rasterizer backend, mask
-dilation); Rp, the generator's resolution, is the prior's.
+window and context, audio features and expression normalisation); it is stored with the prior's weights.
+`AvatarConfig` adds the run-time choices of one avatar (image size, UV resolution R and so the number of
+Gaussians, rasterizer backend, mask dilation); Rp, the generator's resolution, is the prior's.
 """
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ import numpy as np
 
 from ggtalker_jax import head as head_lib
 from ggtalker_jax import models
-from ggtalker_jax.constants import EXPR_DIM
+from ggtalker_jax.audio.features import FeatureSpec
+from ggtalker_jax.models import diffusion
+from ggtalker_jax.constants import (EXPR_DIM, LEFT_INNER_CORNER, LOWER_INNER_LIP, RIGHT_INNER_CORNER,
+                                    UPPER_INNER_LIP)
 from ggtalker_jax.head import uv as uv_lib
 from ggtalker_jax.render import rasterization
 from ggtalker_jax.render.camera import head_space_to_pixels, head_space_viewmat
@@ -55,29 +58,76 @@ class PriorConfig:
       is the prior's UV resolution (R * R texels; the valid ones become Gaussians).
     head_model: "open" or a FLAME file path: the mesh and UV layout the Gaussians are bound to.
     a2e_window / a2e_context: the A2E generates `a2e_window` frames at a time; every window after the first
-      is conditioned on the `a2e_context` frames before it. Training, adaptation and inference all cut
-      audio this way.
+      is conditioned on the `a2e_context` frames before it. The A2E trainer, adaptation and inference all
+      cut audio this way (trained with context dropout, so a window without context works too).
+    audio: the audio features the A2E reads (`audio.features.FeatureSpec`); its width is the A2E's
+      audio_dim, and adaptation and rendering must give the same kind.
+    expr_mean / expr_std: per-dimension statistics [53] of the expressions the A2E was trained on; the A2E
+      works on ``(expression - mean) / std`` (`expression_norm`), in training and at inference. None:
+      no normalisation (priors trained before it existed).
+
+    The A2E part (`A2E_FIELDS`) is how that A2E was trained and always travels with its weights.
     """
     models_preset: str = "small"
     head_model: str = "open"
     a2e_window: int = 32
     a2e_context: int = 4
+    audio: FeatureSpec = FeatureSpec()
+    expr_mean: tuple[float, ...] | None = dataclasses.field(default=None, repr=False)
+    expr_std: tuple[float, ...] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if self.a2e_window < 2 or not 0 <= self.a2e_context < self.a2e_window:
             raise ValueError(f"PriorConfig: need a2e_window >= 2 and 0 <= a2e_context < a2e_window, got "
                              f"{self.a2e_window} / {self.a2e_context}")
+        if isinstance(self.audio, dict):
+            object.__setattr__(self, "audio", FeatureSpec.from_dict(self.audio))
+        for name in ("expr_mean", "expr_std"):
+            v = getattr(self, name)
+            if v is not None:
+                v = tuple(float(x) for x in v)
+                if len(v) != EXPR_DIM or not all(np.isfinite(v)):
+                    raise ValueError(f"PriorConfig: {name} must be {EXPR_DIM} finite numbers, got {len(v)}")
+                object.__setattr__(self, name, v)
+        if (self.expr_mean is None) != (self.expr_std is None):
+            raise ValueError("PriorConfig: expr_mean and expr_std come together (both or neither)")
+        if self.expr_std is not None and min(self.expr_std) <= 0:
+            raise ValueError("PriorConfig: expr_std must be > 0 everywhere")
 
     @property
     def models(self) -> models.ModelsConfig:
-        return models.get_config(self.models_preset)
+        m = models.get_config(self.models_preset)
+        if m.a2e.audio_dim == self.audio.dim:
+            return m
+        return dataclasses.replace(m, a2e=dataclasses.replace(m.a2e, audio_dim=self.audio.dim))
+
+    @property
+    def expression_norm(self) -> diffusion.ExpressionNorm:
+        """The A2E's expression normalisation (identity when the prior has none)."""
+        if self.expr_mean is None:
+            return diffusion.ExpressionNorm.identity(EXPR_DIM)
+        return diffusion.ExpressionNorm.create(self.expr_mean, self.expr_std)
+
+    def with_a2e_of(self, other: "PriorConfig") -> "PriorConfig":
+        """This prior's networks with `other`'s A2E definition (windowing, audio features, normalisation)."""
+        return dataclasses.replace(self, **{k: getattr(other, k) for k in A2E_FIELDS})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["audio"] = self.audio.to_dict()
+        for k in ("expr_mean", "expr_std"):
+            d[k] = None if d[k] is None else list(d[k])
+        return d
 
     @staticmethod
     def from_dict(d: dict) -> "PriorConfig":
-        return PriorConfig(**{f.name: d[f.name] for f in dataclasses.fields(PriorConfig) if f.name in d})
+        kw = {f.name: d[f.name] for f in dataclasses.fields(PriorConfig) if f.name in d}
+        if "audio" in kw:
+            kw["audio"] = FeatureSpec.from_dict(kw["audio"])
+        return PriorConfig(**kw)
+
+
+A2E_FIELDS = ("a2e_window", "a2e_context", "audio", "expr_mean", "expr_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -660,3 +710,28 @@ def render_frames(params: dict, static: AvatarStatic, uv_maps: dict, frame: dict
     """
     heads = render_heads(params, static, uv_maps, frame, K, shape=shape, vertices=vertices)
     return inpaint_frames(params, static, heads, frames, head_masks, train=train)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mouth opening of expressions (the head model's own lip landmarks)
+# ----------------------------------------------------------------------------------------------------
+def mouth_opening(head_model, expression53, shape=None) -> np.ndarray:
+    """Mouth opening of expressions [T, 53] -> [T] float64: the head model's MediaPipe inner-lip points,
+    gap |13 - 14| over width |78 - 308| (the measure `eval.metrics.mouth_opening` takes on video frames), at
+    the rest pose (a rigid head pose does not change the ratio). shape [S]: the identity's (default the
+    mean head). NaN where the model places none of these points. No detector involved: deterministic."""
+    from ggtalker_jax.data.track import landmark_submodel
+
+    expr = jnp.asarray(expression53, jnp.float32).reshape(-1, EXPR_DIM)
+    index = {int(m): i for i, m in enumerate(np.asarray(head_model.lmk_mediapipe_index))}
+    need = (UPPER_INNER_LIP, LOWER_INNER_LIP, LEFT_INNER_CORNER, RIGHT_INNER_CORNER)
+    if not all(k in index for k in need):
+        return np.full(expr.shape[0], np.nan)
+    small = landmark_submodel(head_model)
+    e, jaw = head_lib.split_expression53(expr)
+    shape = jnp.zeros((small.num_shape,)) if shape is None else jnp.asarray(shape, jnp.float32)
+    lmk = np.asarray(head_lib.forward(small, shape=jnp.broadcast_to(shape, (e.shape[0], shape.shape[-1])),
+                                      expression=e, jaw_pose=jaw).landmarks, np.float64)
+    upper, lower, left, right = (lmk[:, index[k]] for k in need)
+    gap = np.linalg.norm(upper - lower, axis=-1)
+    return gap / np.maximum(np.linalg.norm(left - right, axis=-1), 1e-8)

@@ -1,6 +1,8 @@
 """Inference: make an adapted subject say new audio, in any language.
 
-    audio file --features--> A2E (DDIM, window by window, the prior's windowing) --> expressions [T, 53]
+    audio file --features (the prior's kind, or a precomputed file)--> A2E (DDIM, window by window, the
+    prior's windowing, classifier-free guidance) --> expressions [T, 53] --> in long pauses the mouth
+    rests (`rest_in_pauses`)
     head pose: from the subject's video (looped back and forth to the audio's length), static, or a file
     eyes (every head model): blinks from the video or at --blink_rate, gaze from the video, into the
     camera or from a file (--gaze)
@@ -37,17 +39,27 @@ MAX_BLINK_RATE = 120.0      # blinks per minute; people blink 10-30 times a minu
 MAX_GAZE_RADIANS = 0.8      # an eye turns up to about 45 degrees from straight ahead
 
 
+# Sampler defaults: 10 DDIM steps, no guidance (the conditional model alone). experiments/bench_lipsync.py
+# --sweep measures the held-out mouth correlation of a prior over DDIM steps x guidance, to revisit them.
+DEFAULT_DIFFUSION_STEPS = 10
+DEFAULT_GUIDANCE = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class RenderOptions:
     pose: str = "video"                 # "video" | "static" | path to an .npz with [T, 3] global_rot/translation
     blink_rate: float | None = None     # blinks per minute; None keeps the video's eye motion
     gaze: str = "video"                 # "video" | "camera" | path to an eye_pose file (see `eye_motion`)
-    num_diffusion_steps: int = 10
-    guidance: float = 1.0
+    num_diffusion_steps: int = DEFAULT_DIFFUSION_STEPS
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance (1 = the conditional model alone)
     batch_size: int = 8
     seed: int = 0
     visible_watermark: bool = True
     output_size: int | None = None      # mp4 frame size (None: the avatar's; at least MIN_OUTPUT_SIZE)
+    features: str | None = None         # precomputed features of the driving audio (.npy [S, D]), for avatars
+                                        # whose A2E reads external features
+    feature_fps: float = 50.0           # rate of `features` rows (Hz)
+    rest_in_pauses: bool = True         # long pauses (and silent audio) show a closed, resting mouth
 
     def __post_init__(self):
         if self.blink_rate is not None and not (math.isfinite(self.blink_rate)
@@ -57,13 +69,15 @@ class RenderOptions:
         if not isinstance(self.gaze, str) or not self.gaze:
             raise UsageError(f"--gaze {self.gaze!r}: use video, camera or the path of an eye_pose .npz/.npy")
         if self.num_diffusion_steps < 1:
-            raise UsageError(f"--steps {self.num_diffusion_steps}: the A2E sampler needs at least 1 DDIM step")
+            raise UsageError(f"--diffusion_steps {self.num_diffusion_steps}: the A2E sampler needs at least 1 DDIM step")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise UsageError(f"--guidance {self.guidance}: must be a finite number >= 0 (1 = no guidance)")
         if self.batch_size < 1:
             raise UsageError(f"--batch_size {self.batch_size}: must be >= 1")
         if self.output_size is not None and not 16 <= self.output_size <= 4096:
             raise UsageError(f"--output_size {self.output_size}: must be in [16, 4096] pixels")
+        if not (math.isfinite(self.feature_fps) and self.feature_fps > 0):
+            raise UsageError(f"--feature_fps {self.feature_fps}: must be a rate in Hz > 0")
 
 
 def pingpong_indices(num: int, start: int, stop: int) -> np.ndarray:
@@ -77,12 +91,64 @@ def pingpong_indices(num: int, start: int, stop: int) -> np.ndarray:
 
 
 def predict_expressions(adapted: Adapted, audio_features, opts: RenderOptions) -> np.ndarray:
-    """The adapted A2E: audio features [T, Da] -> expressions [T, 53] (DDIM, seeded)."""
+    """The adapted A2E: audio features [T, Da] -> expressions [T, 53] (DDIM, seeded, the prior's windowing
+    and expression normalisation)."""
     prior = adapted.static.config.prior
     return np.array(diffusion.predict_expressions(
         adapted.static.config.models.a2e, adapted.params["a2e"], audio_features, jax.random.PRNGKey(opts.seed),
         window=prior.a2e_window, context=prior.a2e_context, num_steps=opts.num_diffusion_steps,
-        style_id=adapted.style_id, guidance=opts.guidance))
+        style_id=adapted.style_id, guidance=opts.guidance, norm=prior.expression_norm))
+
+
+def driving_features(adapted: Adapted, wav: np.ndarray, sr: int, num_frames: int, opts: RenderOptions,
+                     audio_path: str = "<audio>") -> np.ndarray:
+    """The features the avatar's A2E reads, for the driving audio: [num_frames, Da]. Log-mel priors compute
+    them from `wav`; priors trained on external features need them precomputed the same way
+    (`opts.features`, a .npy [S, D] at `opts.feature_fps` Hz); anything else is refused with the fix."""
+    from ggtalker_jax.audio import features as audio_features
+
+    spec = adapted.static.config.prior.audio
+    fps = adapted.subject.fps
+    if spec.kind != "external":
+        if opts.features:
+            raise UsageError(f"--features {opts.features}: this avatar's A2E reads {spec.describe()}, which is "
+                             f"computed from {audio_path}; leave --features out")
+        return spec.compute(wav, sr, fps, num_frames)
+    if not opts.features:
+        raise UsageError(f"this avatar's A2E reads {spec.describe()}, which cannot be computed from {audio_path} "
+                         f"here; compute them for the driving audio as for training and pass --features FILE.npy "
+                         f"--feature_fps RATE (rows per second, e.g. 50 for HuBERT / wav2vec2)")
+    feats = audio_features.load_external_features(opts.features, num_frames, opts.feature_fps, fps)
+    if feats.shape[1] != spec.dim:
+        raise UsageError(f"--features {opts.features}: {feats.shape[1]} values per row, but this avatar's A2E "
+                         f"reads {spec.describe()}; compute the features with the same model as for training")
+    return feats
+
+
+def rest_expression(adapted: Adapted) -> np.ndarray:
+    """The subject's resting mouth [53]: the mean tracked expression over its training frames whose mouth
+    (head-model lip landmarks) is among the 10% most closed, blink components at zero."""
+    from ggtalker_jax.head import blink_dimensions
+
+    subject = adapted.subject
+    a, b, _ = subject.split
+    expr = subject.expression53[a:b]
+    opening = avatar_lib.mouth_opening(adapted.static.head_model, expr, adapted.params["head"]["shape"])
+    if not np.all(np.isfinite(opening)):
+        rest = np.median(expr, axis=0)
+    else:
+        closed = opening <= np.quantile(opening, 0.1)
+        rest = expr[closed].mean(axis=0)
+    rest = rest.astype(np.float32)
+    rest[blink_dimensions(adapted.static.head_model)] = 0.0
+    return rest
+
+
+def rest_in_pauses(expr: np.ndarray, activity: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """Blends expressions [T, 53] towards the resting mouth `rest` [53] where `activity` [T] (1 speech, 0
+    pause; `audio.features.speech_activity`) is below 1: exactly `rest` deep inside long pauses."""
+    w = np.asarray(activity, np.float32)[:, None]
+    return (w * expr + (1.0 - w) * rest[None]).astype(np.float32)
 
 
 def load_pose_file(path: str) -> dict[str, np.ndarray]:
@@ -219,14 +285,22 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     wav, sr = audio_io.load_audio(audio_path, sr=16000)
     adapted = load_adapted(workdir, data_dir, head, landmark_embedding)
     subject = adapted.subject
-    audio_io.check_not_silent(wav, audio_path)
-    feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=subject.fps)
-    num = feats.shape[0]
+    num = audio_features.num_video_frames(wav.size, sr, subject.fps)
+    if num < 1:
+        raise MediaError(f"{audio_path}: {wav.size / sr * 1000:.0f} ms of audio is shorter than one video frame at "
+                         f"{subject.fps:g} fps; use a longer clip")
+    activity = audio_features.speech_activity(wav, sr, subject.fps, num)
+    notes = []
+    if not activity.any():
+        notes.append(f"no speech found in {audio_path} (RMS {audio_io.rms_dbfs(wav):.1f} dBFS): the mouth rests")
+    feats = driving_features(adapted, wav, sr, num, opts, audio_path)
     timings["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     expr = predict_expressions(adapted, feats, opts)
     timings["a2e_s"] = time.perf_counter() - t0
+    if opts.rest_in_pauses:
+        expr = rest_in_pauses(expr, activity, rest_expression(adapted))
     poses, src_idx = driving_poses(subject, num, opts, adapted.params["head"])
     expr, poses = eye_motion(adapted, expr, poses, src_idx, opts)
 
@@ -261,4 +335,5 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
                     comment=lambda: marker.record.to_metadata())
     timings["render_s"] = time.perf_counter() - t0
     timings["render_fps"] = num / max(timings["render_s"], 1e-9)
-    return {"out": os.path.abspath(out_path), "frames": int(num), "seconds": num / subject.fps, **timings}
+    return {"out": os.path.abspath(out_path), "frames": int(num), "seconds": num / subject.fps, "notes": notes,
+            "expression53": expr, "poses": poses, **timings}

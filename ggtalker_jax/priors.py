@@ -17,7 +17,6 @@ networks (with a warning) for data tracked with FLAME.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -74,34 +73,54 @@ def load_priors(directory: str) -> tuple[dict, avatar_lib.PriorConfig, dict]:
     path = os.path.join(directory, WEIGHTS)
     if not os.path.isfile(path):
         raise PriorsError(f"{directory}: {WEIGHTS} is missing; re-export the priors")
-    template = avatar_lib.init_network_params(jax.random.PRNGKey(0), prior)
     try:
         with open(path, "rb") as f:
-            params = serialization.from_bytes(template, f.read())
-    except Exception as e:  # noqa: BLE001  (msgpack, shape and structure errors of many kinds)
+            state = serialization.msgpack_restore(f.read())
+    except Exception as e:  # noqa: BLE001  (msgpack errors of many kinds)
+        raise PriorsError(f"{path}: cannot be read as priors ({type(e).__name__}: {e}); the file is truncated or "
+                          "corrupt; re-export it") from e
+    return _fit(state, prior, path), prior, trained
+
+
+def _fit(state: dict, prior: avatar_lib.PriorConfig, path: str) -> dict:
+    """Network params of `prior`'s shapes from a serialised state dict; `PriorsError` naming `path` when a
+    group is missing or of another size."""
+    template = avatar_lib.init_network_params(jax.random.PRNGKey(0), prior)
+    try:
+        params = serialization.from_state_dict(template, state)
+    except Exception as e:  # noqa: BLE001  (structure errors of many kinds)
         raise PriorsError(f"{path}: cannot be read as priors for {prior} ({type(e).__name__}: {e}); the file is "
-                          "truncated, corrupt or of another network size; re-export it") from e
+                          "of another network size; re-export it") from e
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(template)):
         if np.shape(got) != np.shape(want):
             raise PriorsError(f"{path}: a weight of shape {np.shape(got)} where {prior} needs {np.shape(want)}; "
                               "re-export the priors")
-    return params, prior, trained
+    return params
 
 
 def update_priors(directory: str, prior: avatar_lib.PriorConfig, parts: dict, provenance: dict) -> None:
     """Replaces the groups in `parts` (e.g. {"a2e": ...}) of the priors in `directory` (created from fresh
     networks when absent) and records `provenance` under "trained". The networks and head model must be
-    the folder's; the A2E windowing (`a2e_window`, `a2e_context`) is taken from `prior` when `parts`
-    holds the A2E (it is how that A2E was trained) and kept otherwise."""
+    the folder's; the A2E definition (`avatar.A2E_FIELDS`: windowing, audio features, expression
+    normalisation) is taken from `prior` when `parts` holds the A2E (it is how that A2E was trained) and
+    kept otherwise."""
     if os.path.exists(os.path.join(directory, WEIGHTS)):
-        params, cfg, trained = load_priors(directory)
+        cfg, trained = read_prior_config(directory)
         if (cfg.models_preset, cfg.head_model) != (prior.models_preset, prior.head_model):
             raise PriorsError(f"{directory} holds priors for {cfg}, not {prior}; use another directory")
         if "a2e" not in parts:
-            prior = dataclasses.replace(prior, a2e_window=cfg.a2e_window, a2e_context=cfg.a2e_context)
+            prior = prior.with_a2e_of(cfg)
+        path = os.path.join(directory, WEIGHTS)
+        try:    # the raw groups: the ones being replaced may have another shape (e.g. a retrained A2E)
+            with open(path, "rb") as f:
+                params = dict(serialization.msgpack_restore(f.read()))
+        except Exception as e:  # noqa: BLE001
+            raise PriorsError(f"{path}: cannot be read ({type(e).__name__}: {e}); re-export the priors") from e
+        params = {k: v for k, v in params.items() if k not in parts}
     else:
         params, trained = avatar_lib.init_network_params(jax.random.PRNGKey(0), prior), {}
-    params = {**params, **parts}
+    params = _fit(serialization.to_state_dict({**params, **jax.tree.map(np.asarray, parts)}), prior,
+                  os.path.join(directory, WEIGHTS))      # every group fits the prior it now declares
     trained = {**trained, **provenance}
     save_priors(directory, params, prior, trained)
 
@@ -116,8 +135,9 @@ def digest(directory: str) -> str:
 
 
 def same_networks(a: avatar_lib.PriorConfig, b: avatar_lib.PriorConfig) -> bool:
-    """Whether two prior definitions have the same networks and head model (their A2E windowing may differ:
-    it is how each A2E was trained, and comes with its weights)."""
+    """Whether two prior definitions have the same networks and head model (their A2E definition may
+    differ: windowing, audio features and normalisation are how each A2E was trained, and come with its
+    weights)."""
     return (a.models_preset, a.head_model) == (b.models_preset, b.head_model)
 
 

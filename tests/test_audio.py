@@ -129,3 +129,39 @@ def test_audio_energy_per_frame_matches_loop():
     ref = [np.sqrt(np.mean(wav[t * 640:(t + 1) * 640] ** 2)) if t * 640 < wav.size else 0.0 for t in range(27)]
     np.testing.assert_allclose(e, ref, rtol=1e-9)
     assert e[-1] == 0.0
+
+
+def test_feature_spec_round_trips_and_computes_what_it_says():
+    spec = features.FeatureSpec.logmel()
+    assert features.FeatureSpec.from_dict(spec.to_dict()) == spec and spec.dim == 320
+    # meta.json of earlier datasets: {"kind", "dim"} only
+    assert features.FeatureSpec.from_dict({"kind": "logmel", "dim": 320}) == spec
+    ext = features.FeatureSpec.external(768, 50.0, "hubert.npy")
+    assert features.FeatureSpec.from_dict(ext.to_dict()) == ext
+    assert ext.same_features(features.FeatureSpec.external(768, 49.0, "other.npy"))   # the source is a note
+    assert not ext.same_features(features.FeatureSpec.external(1024, 50.0)) and not spec.same_features(ext)
+    wav = np.random.default_rng(0).normal(size=16000) * 0.1
+    np.testing.assert_array_equal(spec.compute(wav, 16000, 25.0), features.log_mel_per_frame(wav, 16000, 25.0))
+    with pytest.raises(MediaError, match="precomputed features"):
+        ext.compute(wav, 16000, 25.0)
+    with pytest.raises(ValueError, match="dim 320, not 300"):
+        features.FeatureSpec("logmel", 300)
+
+
+def test_speech_activity_finds_long_pauses_only():
+    sr, fps = 16000, 25.0
+    rng = np.random.default_rng(0)
+    speech = lambda s: 0.1 * rng.normal(size=int(s * sr))  # noqa: E731
+    wav = np.concatenate([speech(1.0), np.zeros(2 * sr), speech(1.0)])
+    act = features.speech_activity(wav, sr, fps)
+    assert act.shape == (100,) and act.dtype == np.float32
+    np.testing.assert_array_equal(act[:25], 1.0)
+    np.testing.assert_array_equal(act[75:], 1.0)
+    np.testing.assert_array_equal(act[28:72], 0.0)                      # deep inside the pause: rest
+    assert np.all(np.diff(act[24:28]) < 0) and np.all(np.diff(act[72:76]) > 0)   # a short ramp at the edges
+    # a 0.1 s gap is part of speech; quiet background noise 60 dB under the speech is a pause
+    short = np.concatenate([speech(1.0), np.zeros(int(0.1 * sr)), speech(1.0)])
+    np.testing.assert_array_equal(features.speech_activity(short, sr, fps), 1.0)
+    noisy = np.concatenate([speech(1.0), 1e-4 * rng.normal(size=sr), speech(1.0)])
+    assert features.speech_activity(noisy, sr, fps)[32:43].max() == 0.0
+    np.testing.assert_array_equal(features.speech_activity(np.zeros(3 * sr), sr, fps), 0.0)

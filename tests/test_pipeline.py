@@ -63,6 +63,46 @@ def test_each_paper_stage_changes_exactly_its_groups(adapted, tmp_path):
             changed = any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params[group]),
                                                                    jax.tree.leaves(new[group])))
             assert changed == (group in stage.trainable), (stage.name, group)
+        for part in ("shape", "pose_delta", "expr_delta"):     # each head parameter, not just the group
+            changed = not np.array_equal(params["head"][part], new["head"][part])
+            assert changed == ("head" in stage.trainable), (stage.name, part)
+
+
+def test_stage_gradients_reach_every_trained_group_and_images_reach_the_a2e(adapted):
+    """Per stage of Table 1, the objective gives every trained group (and each head parameter: shape, pose
+    and expression corrections) a non-zero gradient; in stages 4-5 the image loss alone reaches the A2E
+    (frames rendered from expressions it generated from the audio)."""
+    from ggtalker_jax.train import objectives
+    root, _ = adapted
+    a = workdir_lib.load_adapted(str(root / "workdir"))
+    stats = {k: a.params[k] for k in ("generator_stats", "inpainter_stats")}
+    params = {k: v for k, v in a.params.items() if k not in stats}
+    uv_input = adapt._uv_input(a.static, a.subject)
+    cfg = adapt.AdaptConfig()
+    batch = next(adapt.subject_loader(a.subject, a.static, cfg, seed=0))
+    assert batch["window_prev_expression53"].shape == (2, a.static.config.prior.a2e_context, 53)
+
+    def norms(stage, w_a2e=1.0):
+        loss_fn = objectives.adaptation_objective(a.static, uv_input, 0, stage.terms(2), w_a2e=w_a2e)
+        grads = jax.grad(lambda p: loss_fn(p, batch, jax.random.PRNGKey(1), stats)[0])(params)
+        out = {g: float(optax_norm(grads[g])) for g in adapt.PARAM_GROUPS if g != "head"}
+        out.update({f"head.{k}": float(optax_norm(grads["head"][k])) for k in ("shape", "pose_delta", "expr_delta")})
+        return out
+
+    for stage in adapt.paper_schedule():
+        got = norms(stage)
+        for name, value in got.items():
+            if name.split(".")[0] in stage.trainable:
+                assert value > 0, (stage.name, name, got)
+        if stage.name == "3_a2e":              # the A2E's objective alone: no image terms
+            assert all(v == 0 for k, v in got.items() if k != "a2e"), got
+    images_only = norms(adapt.paper_schedule()[3], w_a2e=0.0)
+    assert images_only["a2e"] > 0, images_only
+
+
+def optax_norm(tree):
+    import optax
+    return optax.tree.norm(tree)
 
 
 def test_rerun_resumes_after_the_last_stage(adapted, capsys):
@@ -126,3 +166,134 @@ def test_mouth_track_bridges_frames_without_a_face(monkeypatch):
     monkeypatch.setattr(metrics, "face_mesh_landmarks", lambda frames: np.full((t, 478, 3), np.nan))
     opening, _, src = protocol._mouth_track(frames, None, None, None, None, source="mediapipe")
     assert np.isnan(opening).all() and "0/6" in src
+
+
+def _rest_opening(a):
+    from ggtalker_jax import infer
+    return float(avatar_lib.mouth_opening(a.static.head_model, infer.rest_expression(a)[None],
+                                          a.params["head"]["shape"])[0])
+
+
+def _duration(path):
+    info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(path)], capture_output=True, text=True).stderr
+    return info.split("Duration: ")[1].split(",")[0]
+
+
+def test_silent_audio_renders_a_resting_mouth_as_long_as_the_audio(adapted, tmp_path, capsys):
+    from ggtalker_jax import cli, infer
+    root, _ = adapted
+    audio_io.write_wav(str(tmp_path / "silence.wav"), np.zeros(3 * 16000, np.float32), 16000)
+    summary = infer.render_video(str(root / "workdir"), str(tmp_path / "silence.wav"), str(tmp_path / "s.mp4"),
+                                 infer.RenderOptions(output_size=64), progress=False)
+    assert summary["frames"] == 75 and _duration(tmp_path / "s.mp4") == "00:00:03.00"
+    assert any("no speech found" in n for n in summary["notes"])
+    a = workdir_lib.load_adapted(str(root / "workdir"))
+    opening = avatar_lib.mouth_opening(a.static.head_model, summary["expression53"], a.params["head"]["shape"])
+    np.testing.assert_allclose(opening, _rest_opening(a), atol=1e-6)
+    # the command line accepts it too, with a one-line note
+    assert cli.main(["render", "--workdir", str(root / "workdir"), "--audio", str(tmp_path / "silence.wav"),
+                     "--out", str(tmp_path / "cli.mp4"), "--output_size", "64", "--noprogress"]) == 0
+    assert "note: no speech found" in capsys.readouterr().out
+
+
+def test_a_pause_inside_speech_rests_the_mouth(adapted, tmp_path):
+    from ggtalker_jax import infer
+    root, _ = adapted
+    speech, sr = default_subject.default_driving_audio(seconds=2.0, seed=5)
+    wav = np.concatenate([speech[:sr], np.zeros(2 * sr, np.float32), speech[sr:2 * sr]])
+    audio_io.write_wav(str(tmp_path / "pause.wav"), wav, sr)
+    summary = infer.render_video(str(root / "workdir"), str(tmp_path / "pause.wav"), str(tmp_path / "p.mp4"),
+                                 infer.RenderOptions(output_size=64), progress=False)
+    assert summary["frames"] == 100 and not summary["notes"]
+    a = workdir_lib.load_adapted(str(root / "workdir"))
+    opening = avatar_lib.mouth_opening(a.static.head_model, summary["expression53"], a.params["head"]["shape"])
+    rest = _rest_opening(a)
+    np.testing.assert_allclose(opening[38:63], rest, atol=1e-6)           # the middle second: at rest
+    speaking = np.r_[opening[:20], opening[80:]]
+    assert np.abs(speaking - rest).max() > 1e-3                            # the speech itself moves the mouth
+    # without the rest, the A2E's own output in the pause is not the resting mouth
+    raw = infer.render_video(str(root / "workdir"), str(tmp_path / "pause.wav"), str(tmp_path / "r.mp4"),
+                             infer.RenderOptions(output_size=64, rest_in_pauses=False), progress=False)
+    raw_open = avatar_lib.mouth_opening(a.static.head_model, raw["expression53"], a.params["head"]["shape"])
+    assert np.abs(raw_open[38:63] - rest).max() > 1e-4
+
+
+def test_render_still_refuses_audio_it_cannot_use(adapted, tmp_path, capsys):
+    import soundfile
+    from ggtalker_jax import cli
+    root, _ = adapted
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    soundfile.write(tmp_path / "zero.wav", np.zeros(0, np.float32), 16000)
+    soundfile.write(tmp_path / "blip.wav", np.zeros(100, np.float32), 16000)      # 6 ms: under one frame
+    for name, message in (("empty.wav", "file is empty"), ("junk.wav", "cannot decode"),
+                          ("zero.wav", "empty (0 samples)"), ("blip.wav", "shorter than one video frame")):
+        rc = cli.main(["render", "--workdir", str(root / "workdir"), "--audio", str(tmp_path / name),
+                       "--out", str(tmp_path / f"{name}.mp4"), "--noprogress"])
+        err = capsys.readouterr().err
+        assert rc == 3 and message in err and name in err, (name, rc, err)
+
+
+def test_external_features_of_another_width_from_prepare_to_render(adapted, tmp_path, capsys):
+    """Features that are not log-mel (here 24 per row at 50 Hz, as an external model would give) travel
+    from the prepared subject through the A2E prior (priors.json), adaptation and render."""
+    import shutil
+
+    from ggtalker_jax import cli
+    from ggtalker_jax.errors import DatasetError
+    from ggtalker_jax.train import a2e_prior, trainer
+    root, _ = adapted
+    rng = np.random.default_rng(0)
+    speech, sr = default_subject.speech_wav(seconds=1.2, seed=2)
+
+    def features_of(wav, path):            # a stand-in feature extractor: 24 band energies at 50 Hz
+        hop = sr // 50
+        frames = wav[: len(wav) // hop * hop].reshape(-1, hop)
+        spec = np.abs(np.fft.rfft(frames * np.hanning(hop), axis=1))[:, :96]
+        np.save(path, np.log(spec.reshape(len(frames), 24, 4).mean(-1) + 1e-4).astype(np.float32))
+
+    features_of(speech, tmp_path / "subject.npy")
+    subject = tmp_path / "subject"
+    default_subject.make_default_subject(str(subject), seconds=1.2, size=64, seed=2, uv_resolution=24,
+                                         write_video=False, features=str(tmp_path / "subject.npy"), feature_fps=50)
+    meta = json.loads((subject / "meta.json").read_text())
+    assert meta["features"]["kind"] == "external" and meta["features"]["dim"] == 24
+    prior_dir = tmp_path / "priors"
+    shutil.copytree(root / "priors", prior_dir)
+    prior = dataclasses.replace(CFG.prior, a2e_window=8, a2e_context=2)
+    params, prior = a2e_prior.train_a2e_prior([str(subject)], str(tmp_path / "a2e"), prior,
+                                              trainer.TrainConfig(num_steps=2, checkpoint_every=2, warmup_steps=0),
+                                              a2e_prior.A2ETrainConfig(batch_size=2))
+    a2e_prior.export_prior(str(prior_dir), prior, params, {"steps": 2})
+    stored = json.loads((prior_dir / "priors.json").read_text())["prior"]
+    assert stored["audio"]["kind"] == "external" and stored["audio"]["dim"] == 24
+    assert priors.load_priors(str(prior_dir))[1].models.a2e.audio_dim == 24
+    workdir = tmp_path / "workdir"
+    adapt.adapt(str(subject), str(workdir), str(prior_dir), adapt.small_schedule(1), adapt.AdaptConfig(),
+                avatar_config=CFG, progress=False)
+    drive, _ = default_subject.default_driving_audio(seconds=1.0, seed=6)
+    audio_io.write_wav(str(tmp_path / "drive.wav"), drive, sr)
+    features_of(drive, tmp_path / "drive.npy")
+    out = tmp_path / "ext.mp4"
+    assert cli.main(["render", "--workdir", str(workdir), "--audio", str(tmp_path / "drive.wav"), "--out", str(out),
+                     "--features", str(tmp_path / "drive.npy"), "--feature_fps", "50", "--output_size", "64",
+                     "--noprogress"]) == 0
+    assert _duration(out) == "00:00:01.00"
+    capsys.readouterr()
+    # without the features, or with features of another width, render says what to pass
+    assert cli.main(["render", "--workdir", str(workdir), "--audio", str(tmp_path / "drive.wav"),
+                     "--out", str(tmp_path / "no.mp4"), "--noprogress"]) == 2
+    assert "--features FILE.npy --feature_fps" in capsys.readouterr().err
+    np.save(tmp_path / "wide.npy", rng.normal(size=(50, 30)).astype(np.float32))
+    assert cli.main(["render", "--workdir", str(workdir), "--audio", str(tmp_path / "drive.wav"),
+                     "--out", str(tmp_path / "wide.mp4"), "--features", str(tmp_path / "wide.npy"),
+                     "--noprogress"]) == 2
+    assert "30 values per row" in capsys.readouterr().err
+    # a log-mel subject cannot adapt these priors, and the log-mel avatar refuses --features
+    with pytest.raises(DatasetError, match="external features"):
+        adapt.adapt(str(root / "subject"), str(tmp_path / "other"), str(prior_dir), adapt.small_schedule(1),
+                    adapt.AdaptConfig(), avatar_config=CFG, progress=False)
+    assert cli.main(["render", "--workdir", str(root / "workdir"), "--audio", str(tmp_path / "drive.wav"),
+                     "--out", str(tmp_path / "lm.mp4"), "--features", str(tmp_path / "drive.npy"),
+                     "--noprogress"]) == 2
+    assert "leave --features out" in capsys.readouterr().err

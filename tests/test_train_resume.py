@@ -21,7 +21,7 @@ NUM_STEPS, EVERY = 100, 25
 def _args(workdir, data):
     return [str(LAUNCHER), "--workdir", str(workdir), "--data", str(data), "--config", "small",
             "--num_steps", str(NUM_STEPS), "--checkpoint_every", str(EVERY), "--batch_size", "4",
-            "--window", "8", "--prev", "0", "--sample_every", "0", "--keep_checkpoints", "2",
+            "--a2e_window", "8", "--a2e_context", "0", "--w_lip", "0", "--sample_every", "0", "--keep_checkpoints", "2",
             "--noexport_priors", "--learning_rate", "3e-3"]
 
 

@@ -17,12 +17,13 @@ from ggtalker_jax.checkpoint import Checkpointer
 _DP_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from ggtalker_jax.models import get_config
+    from ggtalker_jax import avatar
     from ggtalker_jax.train import a2e_prior, trainer
     assert len(jax.devices()) == 4, jax.devices()
-    mc = get_config("small").a2e
-    ac = a2e_prior.A2ETrainConfig(window=8, prev=0, batch_size=8)
-    loss_fn = a2e_prior.make_loss_fn(mc, ac)
+    prior = avatar.PriorConfig(a2e_window=8, a2e_context=0)
+    mc = prior.models.a2e
+    ac = a2e_prior.A2ETrainConfig(batch_size=8)
+    loss_fn = a2e_prior.make_loss_fn(prior, ac)
     import optax
     # Plain SGD: the step is then linear in the averaged gradient (Adam's first step, ~lr*sign(g),
     # would amplify float reduction-order noise on parameters whose gradient is ~0).

@@ -11,9 +11,18 @@ Values are ``log(mel_power + 1e-6)`` (natural log, power spectrum, Slaney mel fi
 ``normalize="clip"`` (default) each mel band is then z-scored over the clip (mean 0 / std 1; makes the
 features invariant to recording gain and microphone colouring), with ``normalize="none"`` they are returned
 raw. The ``mels_per_frame`` sub-frames are flattened time-major: feature ``[t, k * n_mels + m]``.
+
+What a set of features is (`FeatureSpec`) travels with the data: `prepare` writes it into meta.json
+("features"), the A2E prior stores the one it was trained on (priors.json), adaptation refuses a subject
+whose features differ, and `render` computes the same kind for the driving audio (`FeatureSpec.compute`)
+or, for external features, reads the matching precomputed file (`load_external_features`).
+
+Speech activity (`speech_activity`): which frames belong to long pauses, so the renderer can rest the mouth
+there.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import Any
@@ -23,6 +32,93 @@ import numpy as np
 from ggtalker_jax.errors import MediaError
 
 LOG_MEL_EPS = 1e-6
+FEATURE_KINDS = ("logmel", "external")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """What per-frame audio features are: enough to compute the same ones for new audio, or to ask for them.
+
+    kind: "logmel" (computed here from the waveform: `log_mel_per_frame` with `n_mels`, `mels_per_frame`,
+      `normalize`) or "external" (precomputed by another model, e.g. HuBERT, stored as .npy rows at
+      `feature_fps` Hz and resampled to the video frames).
+    dim: Da, the feature width per video frame (the A2E's audio_dim).
+    source: for external features, where the training features came from (a note; not compared).
+    """
+    kind: str = "logmel"
+    dim: int = 320
+    n_mels: int = 80
+    mels_per_frame: int = 4
+    normalize: str = "clip"
+    feature_fps: float | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"audio features: kind {self.kind!r} is not one of {FEATURE_KINDS}")
+        if self.dim < 1:
+            raise ValueError(f"audio features: dim must be >= 1, got {self.dim}")
+        if self.kind == "logmel" and self.dim != self.n_mels * self.mels_per_frame:
+            raise ValueError(f"audio features: log-mel with {self.n_mels} mels x {self.mels_per_frame} per frame "
+                             f"has dim {self.n_mels * self.mels_per_frame}, not {self.dim}")
+
+    @staticmethod
+    def logmel(n_mels: int = 80, mels_per_frame: int = 4, normalize: str = "clip") -> "FeatureSpec":
+        return FeatureSpec("logmel", n_mels * mels_per_frame, n_mels, mels_per_frame, normalize)
+
+    @staticmethod
+    def external(dim: int, feature_fps: float, source: str | None = None) -> "FeatureSpec":
+        return FeatureSpec("external", int(dim), feature_fps=float(feature_fps), source=source)
+
+    def to_dict(self) -> dict:
+        if self.kind == "logmel":
+            return {"kind": "logmel", "dim": self.dim, "n_mels": self.n_mels, "mels_per_frame": self.mels_per_frame,
+                    "normalize": self.normalize}
+        return {"kind": "external", "dim": self.dim, "feature_fps": self.feature_fps, "source": self.source}
+
+    @staticmethod
+    def from_dict(d: dict | None, dim: int | None = None) -> "FeatureSpec":
+        """From meta.json / priors.json; `dim` (the stored array's width) fills in older records without one."""
+        d = dict(d or {"kind": "logmel"})
+        kind = d.get("kind", "logmel")
+        width = int(d.get("dim") or dim or 320)
+        if kind == "logmel":
+            n_mels = int(d.get("n_mels", 80 if width % 80 == 0 else width))
+            return FeatureSpec("logmel", width, n_mels, int(d.get("mels_per_frame", width // n_mels)),
+                               str(d.get("normalize", "clip")))
+        fps = d.get("feature_fps")
+        return FeatureSpec(kind, width, feature_fps=None if fps is None else float(fps), source=d.get("source"))
+
+    def same_features(self, other: "FeatureSpec") -> bool:
+        """Whether features of `other` can drive a model trained on these (kind, width and, for log-mel, how
+        they are computed; where external features came from is not checked)."""
+        keys = ("kind", "dim") if self.kind == "external" else ("kind", "dim", "n_mels", "mels_per_frame", "normalize")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+    def describe(self) -> str:
+        if self.kind == "logmel":
+            return f"log-mel ({self.n_mels} mels x {self.mels_per_frame} per frame, {self.normalize} normalised, dim {self.dim})"
+        src = f" from {self.source}" if self.source else ""
+        return f"external features (dim {self.dim}{src})"
+
+    def compute(self, wav: Any, sr: int, fps: float, num_frames: int | None = None) -> np.ndarray:
+        """Features of a waveform [S] -> [T, dim] (log-mel kinds only; external ones must be given as a file)."""
+        if self.kind != "logmel":
+            raise MediaError(f"{self.describe()} cannot be computed from audio here; pass the precomputed "
+                             "features of the driving audio (.npy [S, D]) and their rate")
+        return log_mel_per_frame(wav, sr=sr, fps=fps, n_mels=self.n_mels, mels_per_frame=self.mels_per_frame,
+                                 num_frames=num_frames, normalize=self.normalize)
+
+
+def features_for(wav: Any, sr: int, fps: float, num_frames: int, features: str | os.PathLike = "logmel",
+                 feature_fps: float = 50.0) -> tuple[np.ndarray, FeatureSpec]:
+    """The features a dataset stores for its audio: ``features`` "logmel" (computed from `wav`) or a path to a
+    precomputed ``.npy [S, D]`` at `feature_fps` Hz (resampled). Returns ([num_frames, D] float32, spec)."""
+    if str(features) == "logmel":
+        spec = FeatureSpec.logmel()
+        return spec.compute(wav, sr, fps, num_frames), spec
+    feats = load_external_features(features, num_frames, feature_fps, fps)
+    return feats, FeatureSpec.external(feats.shape[1], feature_fps, str(features))
 
 
 def num_video_frames(num_samples: int, sr: int, fps: float) -> int:
@@ -151,3 +247,51 @@ def audio_energy_per_frame(wav: Any, sample_rate: int, fps: float, num_frames: i
     count = hi - lo
     energy = (sq[hi] - sq[lo]) / np.maximum(count, 1)
     return np.where(count > 0, np.sqrt(np.maximum(energy, 0.0)), 0.0)
+
+
+def frame_levels_dbfs(wav: Any, sample_rate: int, fps: float, num_frames: int | None = None) -> np.ndarray:
+    """Per-frame RMS level in dBFS (full scale 1.0) -> [T] float64; -inf for digitally silent frames."""
+    rms = audio_energy_per_frame(wav, sample_rate, fps, num_frames)
+    with np.errstate(divide="ignore"):
+        return np.where(rms > 0, 20.0 * np.log10(np.maximum(rms, 1e-300)), -np.inf)
+
+
+def speech_activity(wav: Any, sample_rate: int, fps: float, num_frames: int | None = None,
+                    silence_dbfs: float = -50.0, below_speech_db: float = 30.0, min_pause_s: float = 0.3,
+                    ramp_s: float = 0.12) -> np.ndarray:
+    """How much each video frame is speech, [T] float32 in [0, 1]: 0 inside long pauses, 1 in speech.
+
+    A frame is quiet when its RMS level is below ``max(silence_dbfs, speech level - below_speech_db)`` (the
+    speech level is the 95th percentile of the frame levels, so background noise of a loud recording counts
+    as quiet). Quiet runs of at least `min_pause_s` are pauses; shorter ones (stops, closures between
+    syllables) are speech. The weight falls linearly from 1 at the last speech frame to 0 `ramp_s` into a
+    pause, so frames deeper inside a pause are exactly 0. Digital silence everywhere gives all zeros.
+    """
+    level = frame_levels_dbfs(wav, sample_rate, fps, num_frames)
+    t = level.size
+    finite = level[np.isfinite(level)]
+    if finite.size == 0:
+        return np.zeros(t, np.float32)
+    threshold = max(silence_dbfs, float(np.percentile(finite, 95)) - below_speech_db)
+    quiet = ~(level >= threshold)
+    min_run = max(1, int(round(min_pause_s * fps)))
+    pause = np.zeros(t, bool)
+    i = 0
+    while i < t:
+        if quiet[i]:
+            j = i
+            while j < t and quiet[j]:
+                j += 1
+            if j - i >= min_run:
+                pause[i:j] = True
+            i = j
+        else:
+            i += 1
+    speech = np.flatnonzero(~pause)
+    if speech.size == 0:
+        return np.zeros(t, np.float32)
+    frames = np.arange(t)
+    pos = np.clip(np.searchsorted(speech, frames), 1, speech.size) - 1
+    nearest = np.minimum(np.abs(frames - speech[pos]), np.abs(frames - speech[np.minimum(pos + 1, speech.size - 1)]))
+    ramp = max(1.0, ramp_s * fps)
+    return np.clip(1.0 - nearest / ramp, 0.0, 1.0).astype(np.float32)

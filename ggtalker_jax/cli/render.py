@@ -1,7 +1,8 @@
 """`ggtalker render --workdir DIR --audio speech.wav --out out.mp4 [--pose video|static|FILE.npz]
-[--blink_rate PER_MIN] [--gaze video|camera|FILE] [--frames_dir DIR] [--novisible_watermark]`: an adapted
-subject says new audio (`ggtalker_jax.infer.render_video`), with the head model it was adapted with
-(`--head` / `--landmark_embedding` when its files moved)."""
+[--blink_rate PER_MIN] [--gaze video|camera|FILE] [--diffusion_steps N] [--guidance G]
+[--features FILE.npy --feature_fps 50] [--frames_dir DIR] [--novisible_watermark]`: an adapted subject says
+new audio (`ggtalker_jax.infer.render_video`), with the head model it was adapted with (`--head` /
+`--landmark_embedding` when its files moved). Silent audio, or long pauses, render a resting mouth."""
 from __future__ import annotations
 
 from ggtalker_jax.cli import flags as cli_flags
@@ -25,8 +26,19 @@ def define_flags():
     flags.DEFINE_string("gaze", "video", "eye direction: video (the subject's tracked gaze) | camera (look into "
                         "the camera) | FILE (.npz with eye_pose [T, 6] left/right axis-angle in radians, or [T, 3] "
                         "for both eyes)", flag_values=fv)
-    flags.DEFINE_integer("steps", 10, "DDIM steps of the A2E sampler", flag_values=fv)
-    flags.DEFINE_float("guidance", 1.0, "classifier-free guidance of the A2E (1 = none)", flag_values=fv)
+    from ggtalker_jax.infer import DEFAULT_DIFFUSION_STEPS, DEFAULT_GUIDANCE
+
+    flags.DEFINE_integer("diffusion_steps", DEFAULT_DIFFUSION_STEPS, "DDIM steps of the A2E sampler",
+                         flag_values=fv)
+    flags.DEFINE_alias("steps", "diffusion_steps", flag_values=fv)
+    flags.DEFINE_float("guidance", DEFAULT_GUIDANCE, "classifier-free guidance of the A2E (1 = the conditional "
+                       "model alone; larger follows the audio more strongly)", flag_values=fv)
+    flags.DEFINE_string("features", None, "precomputed audio features of --audio (.npy [S, D]); needed when the "
+                        "avatar's A2E reads external features (e.g. HuBERT), refused for log-mel avatars",
+                        flag_values=fv)
+    flags.DEFINE_float("feature_fps", 50.0, "rows per second of --features", flag_values=fv)
+    flags.DEFINE_boolean("rest_in_pauses", True, "close and relax the mouth in long pauses and silence",
+                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "frames rendered per batch", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "sampler seed", flag_values=fv)
     flags.DEFINE_integer("output_size", None, "mp4 frame size (default and minimum 512: the watermark needs it to "
@@ -51,15 +63,20 @@ def main(argv: list[str]) -> int:
 
     from ggtalker_jax.infer import RenderOptions, load_gaze, load_pose_file, render_video
 
-    opts = RenderOptions(pose=fv.pose, blink_rate=fv.blink_rate, num_diffusion_steps=fv.steps, guidance=fv.guidance,
-                         batch_size=fv.batch_size, seed=fv.seed, output_size=fv.output_size,
-                         visible_watermark=fv.visible_watermark, gaze=fv.gaze)
+    if fv.features:
+        cli_flags.existing_file("features", fv.features, ".npy feature file")
+    opts = RenderOptions(pose=fv.pose, blink_rate=fv.blink_rate, num_diffusion_steps=fv.diffusion_steps,
+                         guidance=fv.guidance, batch_size=fv.batch_size, seed=fv.seed, output_size=fv.output_size,
+                         visible_watermark=fv.visible_watermark, features=fv.features, feature_fps=fv.feature_fps,
+                         rest_in_pauses=fv.rest_in_pauses, gaze=fv.gaze)
     if fv.pose not in ("video", "static"):
         load_pose_file(fv.pose)                            # a bad pose file fails now, before any work
     if fv.gaze not in ("video", "camera"):
         load_gaze(fv.gaze, 1)                              # so does a bad gaze file
     summary = render_video(fv.workdir, fv.audio, fv.out, opts, fv.frames_dir, progress=fv.progress,
                            data_dir=fv.data, head=fv.head, landmark_embedding=fv.landmark_embedding)
+    for note in summary["notes"]:
+        print(f"note: {note}")
     print(f"rendered {summary['frames']} frames ({summary['seconds']:.2f} s) at {summary['render_fps']:.1f} fps "
           f"(A2E {summary['a2e_s']:.1f} s)")
     print(f"video: {summary['out']}")

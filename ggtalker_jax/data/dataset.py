@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ggtalker_jax.audio.features import FeatureSpec
 from ggtalker_jax.constants import EXPR_DIM, NUM_EXPRESSION, NUM_LANDMARKS
 from ggtalker_jax.errors import DatasetError
 
@@ -236,6 +237,11 @@ class PreparedDataset:
         return tracking
 
     @property
+    def feature_spec(self) -> FeatureSpec:
+        """What `audio_features.npy` holds, as a `FeatureSpec` (meta.json "features")."""
+        return FeatureSpec.from_dict(self.meta.get("features"), int(self.audio_features.shape[1]))
+
+    @property
     def feature_info(self) -> dict[str, Any]:
         """What `audio_features.npy` holds: ``{"kind": "logmel" | "external", "dim": Da, ...}`` (one row per
         video frame, i.e. at `fps` rows per second)."""
@@ -336,11 +342,18 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def _default_feature_record(dim: int) -> dict:
+    if dim % 80 == 0:
+        return FeatureSpec.logmel(mels_per_frame=dim // 80).to_dict()
+    return FeatureSpec.external(dim, 50.0, "synthetic").to_dict()
+
+
 def write_synthetic_dataset(out_dir: str | os.PathLike, audio_features: np.ndarray, fps: float, split: dict,
-                            tracking: dict, size: int = 16) -> pathlib.Path:
+                            tracking: dict, size: int = 16, features: dict | None = None) -> pathlib.Path:
     """Writes a complete, valid prepared dataset whose frames are flat grey `size` px images, for tests and
     smoke runs of what reads audio features and tracking (the A2E prior). audio_features [T, Da]; tracking:
-    any arrays of `tracking.npz` (missing ones are zeros; ``K`` a centred pinhole)."""
+    any arrays of `tracking.npz` (missing ones are zeros; ``K`` a centred pinhole); features: the meta.json
+    "features" record (default: log-mel of the array's width, or external when that is no log-mel width)."""
     out = pathlib.Path(out_dir)
     t = int(audio_features.shape[0])
     (out / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
@@ -362,6 +375,7 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, audio_features: np.ndarr
     arrays.update({k: np.asarray(v, np.float32) for k, v in tracking.items()})
     np.savez(out / TRACKING, head_model=np.array("open"), **arrays)
     meta = {"version": FORMAT_VERSION, "fps": float(fps), "size": size, "num_frames": t, "audio_sample_rate": 16000,
-            "split": split, "features": {"kind": "logmel", "dim": int(audio_features.shape[1])}, "synthetic": True}
+            "split": split, "features": features or _default_feature_record(int(audio_features.shape[1])),
+            "synthetic": True}
     (out / META).write_text(json.dumps(meta, indent=1))
     return out

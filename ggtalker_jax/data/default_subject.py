@@ -120,8 +120,11 @@ def _torso(size: int, offset_x: float) -> np.ndarray:
 
 
 def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, seed: int = 0,
-                         uv_resolution: int = 48, write_video: bool = True) -> dict:
-    """Writes the default subject as a prepared dataset in `out_dir`; returns a summary dict."""
+                         uv_resolution: int = 48, write_video: bool = True, features: str = "logmel",
+                         feature_fps: float = 50.0) -> dict:
+    """Writes the default subject as a prepared dataset in `out_dir`; returns a summary dict. features:
+    "logmel" or a precomputed .npy [S, D] at `feature_fps` Hz for its speech (`speech_wav` writes the
+    speech first, so such features can be made), stored as `prepare` stores them."""
     out = pathlib.Path(out_dir)
     (out / ds.FRAMES_DIR).mkdir(parents=True, exist_ok=True)
     (out / ds.MASKS_DIR).mkdir(parents=True, exist_ok=True)
@@ -190,7 +193,7 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
     np.save(out / ds.LANDMARKS_FOUND, np.ones(num, bool))
     np.save(out / ds.CROP_BOXES, np.tile(np.array([0, 0, size], np.int64), (num, 1)))
     audio_io.write_wav(str(out / ds.AUDIO), wav, SAMPLE_RATE)
-    feats = audio_features.log_mel_per_frame(wav, sr=SAMPLE_RATE, fps=FPS, num_frames=num)
+    feats, spec = audio_features.features_for(wav, SAMPLE_RATE, FPS, num, features, feature_fps)
     np.save(out / ds.AUDIO_FEATURES, feats.astype(np.float32))
     np.savez(out / ds.TRACKING, shape=shape, expression=expr[:, :50], jaw_pose=expr[:, 50:], neck_pose=neck_pose,
              eye_pose=eye_pose, global_rot=rot, translation=trans, K=K, landmark_error_px=np.zeros(num, np.float32),
@@ -198,7 +201,7 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
              head_model_record=np.array(json.dumps(head_lib.head_model_record(model))))
     meta = {"version": ds.FORMAT_VERSION, "fps": FPS, "size": size, "num_frames": num,
             "source": "ggtalker_jax.data.default_subject", "seed": seed, "audio_sample_rate": SAMPLE_RATE,
-            "split": ds.split_ranges(num), "features": {"kind": "logmel", "dim": int(feats.shape[1])},
+            "split": ds.split_ranges(num), "features": spec.to_dict(),
             "stats": {"found_ratio": 1.0, "lost_ranges": []}, "ground_truth_tracking": True,
             "syllables": len(syllables)}
     with open(out / ds.META, "w") as f:
@@ -207,6 +210,13 @@ def make_default_subject(out_dir: str, seconds: float = 8.0, size: int = 128, se
         from ggtalker_jax import media
         media.write_mp4(str(out / "source.mp4"), frames, fps=FPS, audio=(wav, SAMPLE_RATE))
     return {"dir": str(out), "frames": num, "size": size, "gaussians": m}
+
+
+def speech_wav(seconds: float = 8.0, seed: int = 0) -> tuple[np.ndarray, int]:
+    """The speech `make_default_subject` gives the subject of this seed and length: (wav [S], sample_rate)."""
+    num = int(round(seconds * FPS))
+    wav, _ = synth.synth_speech(num / FPS, sr=SAMPLE_RATE, seed=seed, voice="subject")
+    return wav, SAMPLE_RATE
 
 
 def default_driving_audio(seconds: float = 6.0, seed: int = 1, voice: str = "other_speaker"):

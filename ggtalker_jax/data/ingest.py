@@ -208,14 +208,8 @@ def prepare(video_path: str | os.PathLike, out_dir: str | os.PathLike, size: int
                     abs(audio_mismatch_s), "longer" if audio_mismatch_s > 0 else "shorter")
     wav = np.pad(wav[:n_samples], (0, max(0, n_samples - wav.size)))
     write_wav(tmp_dir / ds.AUDIO, wav, AUDIO_SR)
-    if ext_features is None:
-        feats = audio_features.log_mel_per_frame(wav, AUDIO_SR, fps, num_frames=num_frames)
-        feature_meta = {"kind": "logmel", "dim": int(feats.shape[1]), "n_mels": 80, "mels_per_frame": 4,
-                        "normalize": "clip"}
-    else:
-        feats = audio_features.load_external_features(ext_features, num_frames, feature_fps, fps)
-        feature_meta = {"kind": "external", "dim": int(feats.shape[1]), "source": str(ext_features),
-                        "feature_fps": feature_fps}
+    feats, spec = audio_features.features_for(wav, AUDIO_SR, fps, num_frames, ext_features or "logmel", feature_fps)
+    feature_meta = spec.to_dict()
     np.save(tmp_dir / ds.AUDIO_FEATURES, feats.astype(np.float32))
     np.save(tmp_dir / ds.LANDMARKS, landmarks_crop)
     np.save(tmp_dir / ds.LANDMARKS_FOUND, found)

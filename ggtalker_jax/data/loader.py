@@ -17,7 +17,9 @@ With ``with_tracking`` (the dataset must have tracking.npz): the frame's head pa
 the identity's ``shape`` [S_shape] and intrinsics ``K`` [3, 3] at size S. With ``window`` = W > 0 also an
 audio-expression window containing t: ``window_index`` [W] int32 (frame indices, inside the split),
 ``window_audio`` [W, Da], ``window_expression53`` [W, 53] and ``render_pos`` int32 (t's position in the
-window, uniformly random). With ``mouth_mask``: ``mouth_mask`` float32 [S, S, 1], the dilated hull of the
+window, uniformly random), and the window's context as the A2E sees it at inference (P =
+``window_context``): ``window_prev_index`` [P] int32 (the P frames before the window, clamped into the split),
+``window_prev_expression53`` [P, 53] and ``window_has_prev`` bool (all P frames lie inside the split). With ``mouth_mask``: ``mouth_mask`` float32 [S, S, 1], the dilated hull of the
 lips (from the landmarks). With ``with_reference``: the identity's reference frame (its first training
 frame) ``reference_frame`` [S, S, 3] and its head parameters ``reference_expression53``,
 ``reference_global_rot``, ... (the Identity-Gaussian Generator's input).
@@ -59,6 +61,7 @@ class LoaderConfig:
     image_size: int | None = None  # frames resized to this (None: the prepared crop size)
     with_tracking: bool = False
     window: int = 0  # audio-expression window around each sample (0: none; needs with_tracking)
+    window_context: int = 0  # previous frames given with each window (the A2E's context, `PriorConfig.a2e_context`)
     mouth_mask: bool = False
     mouth_dilation: float = 0.25  # the lip hull grows by this fraction of the mouth width
     with_reference: bool = False  # needs with_tracking
@@ -153,6 +156,11 @@ def load_sample(ident: _Identity, identity: int, t: int, config: "LoaderConfig",
         out["window_audio"] = np.asarray(data.audio_features[idx], np.float32)
         out["window_expression53"] = ident.expression53[idx]
         out["render_pos"] = np.int32(t - start)
+        p = config.window_context
+        prev = np.clip(np.arange(start - p, start), a, b - 1)
+        out["window_prev_index"] = prev.astype(np.int32)
+        out["window_prev_expression53"] = ident.expression53[prev]
+        out["window_has_prev"] = np.bool_(start - p >= a)
     if config.with_reference:
         ref = int(data.train_range[0])
         out["reference_frame"] = ident.frame(ref)

@@ -36,22 +36,10 @@ def _render_sequence(adapted, expr, poses, src_idx, batch_size=8):
     return np.concatenate(list(render_sequence(adapted, expr, poses, src_idx, batch_size)))
 
 
-def model_mouth_opening(static, params, expr, poses) -> np.ndarray:
-    """Mouth opening [T] from the head model's landmarks (MediaPipe indices 13/14 over 78/308)."""
-    frame = {"expression53": jnp.asarray(expr), **{k: jnp.asarray(v) for k, v in poses.items()}}
-    from ggtalker_jax import head as head_lib
-    e, jaw = head_lib.split_expression53(frame["expression53"])
-    t = e.shape[0]
-    out = head_lib.forward(static.head_model, shape=jnp.broadcast_to(params["head"]["shape"], (t, params["head"]["shape"].shape[-1])),
-                           expression=e, jaw_pose=jaw, global_rot=frame["global_rot"], translation=frame["translation"],
-                           neck_pose=frame["neck_pose"], eye_pose=frame["eye_pose"])
-    lmk = np.asarray(out.landmarks)
-    index = {int(m): i for i, m in enumerate(np.asarray(static.head_model.lmk_mediapipe_index))}
-    need = (metrics.UPPER_INNER_LIP, metrics.LOWER_INNER_LIP, metrics.LEFT_INNER_CORNER, metrics.RIGHT_INNER_CORNER)
-    if not all(k in index for k in need):
-        return np.full(t, np.nan)
-    upper, lower, left, right = (lmk[:, index[k]] for k in need)
-    return metrics.mouth_opening_from_points(upper, lower, left, right)
+def model_mouth_opening(static, params, expr, poses=None) -> np.ndarray:
+    """Mouth opening [T] from the head model's landmarks of the expressions (MediaPipe indices 13/14 over
+    78/308; `avatar.mouth_opening`; the head pose does not change it)."""
+    return avatar_lib.mouth_opening(static.head_model, expr, params["head"]["shape"])
 
 
 MOUTH_SOURCES = ("auto", "mediapipe", "model")
@@ -102,11 +90,28 @@ def _mouth_correlation(mouth_pred, lmk_real) -> float:
     return float(np.corrcoef(pred, real)[0, 1])
 
 
-def _drive(adapted, wav, sr, opts):
+def _drive(adapted, wav, sr, opts, audio_path: str = "<audio>"):
+    """Expressions, poses and source frames for driving audio, as `ggtalker render` makes them (the prior's
+    features; for external features the precomputed AUDIO.npy next to the audio file, at the rate the prior
+    was trained with; the mouth rests in long pauses)."""
+    import dataclasses
+
     from ggtalker_jax.audio import features as audio_features
-    from ggtalker_jax.infer import driving_poses, predict_expressions
-    feats = audio_features.log_mel_per_frame(wav, sr=sr, fps=adapted.subject.fps)
+    from ggtalker_jax.infer import (driving_features, driving_poses, predict_expressions, rest_expression,
+                                    rest_in_pauses)
+    fps = adapted.subject.fps
+    num = audio_features.num_video_frames(len(wav), sr, fps)
+    spec = adapted.static.config.prior.audio
+    if spec.kind == "external" and not opts.features:
+        opts = dataclasses.replace(opts, features=os.path.splitext(audio_path)[0] + ".npy",
+                                   feature_fps=spec.feature_fps or opts.feature_fps)
+        if not os.path.isfile(opts.features):
+            raise UsageError(f"{audio_path}: this avatar's A2E reads {spec.describe()}; put the driving audio's "
+                             f"features, computed as for training, at {opts.features}")
+    feats = driving_features(adapted, wav, sr, num, opts, audio_path)
     expr = predict_expressions(adapted, feats, opts)
+    if opts.rest_in_pauses:
+        expr = rest_in_pauses(expr, audio_features.speech_activity(wav, sr, fps, num), rest_expression(adapted))
     poses, src = driving_poses(adapted.subject, expr.shape[0], opts, adapted.params["head"])
     return expr, poses, src
 
@@ -189,7 +194,7 @@ def evaluate(workdir: str, out_dir: str, cross_id_audio=(), cross_language_audio
         rows = []
         for path in paths:
             w, s = audio_io.load_audio(path, sr=16000)
-            e, p, src = _drive(adapted, w, s, opts)
+            e, p, src = _drive(adapted, w, s, opts, path)
             frames = _render_sequence(adapted, e, p, src)
             mouth, _, msrc = _mouth_track(to_u8(frames), static, params, e, p, mouth_source)
             en = metrics.audio_energy_per_frame(w, s, data.fps, num_frames=len(e))

@@ -4,8 +4,11 @@ Design (paper: DDPM transformer, audio projected to 512, 64-dim identity embeddi
 classifier-free guidance):
 - Motion tokens: the noisy window ``noisy_expr [B,T,53]`` and, optionally, ``prev_expr [B,Tp,53]``
   (clean last frames of the previous window) are projected by the same Dense to ``model_dim``, tagged
-  with a learned "previous"/"current" type embedding and a sinusoidal position (prev frames come
-  first), and summed with the condition vector (timestep MLP + projected style embedding).
+  with a learned "previous"/"current" type embedding and a sinusoidal position (the window's frames are
+  at 0..T-1 and the previous frames at -Tp..-1, so a window's positions do not depend on its context),
+  and summed with the condition vector (timestep MLP + projected style embedding). ``prev_mask [B]``
+  hides the previous frames of some rows from the attention: such a row computes exactly what it
+  computes without ``prev_expr`` (per-row context dropout in training; the first window at inference).
 - Audio: ``audio [B,T,Da]`` (frame-aligned) -> Dense(audio_proj_dim) -> Dense(model_dim) + position.
   Where ``cond_mask`` is False the projected audio is replaced by a learned null embedding
   (classifier-free guidance; train with condition dropout ~0.1).
@@ -37,13 +40,13 @@ class _DecoderBlock(nn.Module):
     config: A2EConfig
 
     @nn.compact
-    def __call__(self, tokens, audio_tokens, num_prev: int, cross_mask, deterministic: bool):
+    def __call__(self, tokens, audio_tokens, num_prev: int, cross_mask, self_mask, deterministic: bool):
         cfg = self.config
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
 
         h = nn.LayerNorm(**kw, name="ln_self")(tokens)
-        h = nn.MultiHeadDotProductAttention(num_heads=cfg.num_heads, **kw, name="self_attn")(h, h)
+        h = nn.MultiHeadDotProductAttention(num_heads=cfg.num_heads, **kw, name="self_attn")(h, h, mask=self_mask)
         tokens = tokens + drop(h)
 
         prev, cur = tokens[:, :num_prev], tokens[:, num_prev:]
@@ -60,10 +63,12 @@ class _DecoderBlock(nn.Module):
 
 class A2ETransformer(nn.Module):
     """``__call__(noisy_expr [B,T,53], timestep [B], audio [B,T,Da], prev_expr [B,Tp,53] | None,
-    style_id [B] int | None, cond_mask [B] bool | None, train=False) -> x0 [B,T,53]`` (float32).
+    style_id [B] int | None, cond_mask [B] bool | None, train=False, prev_mask [B] bool | None)
+    -> x0 [B,T,53]`` (float32).
 
     ``timestep`` may be int or float (0..num_train_steps-1). ``style_id`` None means style 0
     (generic). ``cond_mask`` None means all conditioned; False rows drop the audio (CFG).
+    ``prev_mask`` None means every row sees its ``prev_expr``; False rows ignore it.
     ``train=True`` enables dropout (pass ``rngs={"dropout": key}``).
     """
 
@@ -71,7 +76,7 @@ class A2ETransformer(nn.Module):
 
     @nn.compact
     def __call__(self, noisy_expr, timestep, audio, prev_expr=None, style_id=None, cond_mask=None,
-                 train: bool = False):
+                 train: bool = False, prev_mask=None):
         cfg = self.config
         check_array(noisy_expr, "A2ETransformer noisy_expr", 3, cfg.expr_dim)
         b, t, _ = noisy_expr.shape
@@ -92,6 +97,13 @@ class A2ETransformer(nn.Module):
             if prev_expr.shape[0] != b:
                 raise ValueError(f"A2ETransformer prev_expr: batch {prev_expr.shape[0]} != {b}")
             num_prev = prev_expr.shape[1]
+        self_mask = None
+        if prev_mask is not None and num_prev:
+            prev_mask = jnp.asarray(prev_mask, bool)
+            if prev_mask.shape != (b,):
+                raise ValueError(f"A2ETransformer prev_mask: expected shape [{b}], got {prev_mask.shape}")
+            keys = jnp.concatenate([jnp.broadcast_to(prev_mask[:, None], (b, num_prev)), jnp.ones((b, t), bool)], 1)
+            self_mask = keys[:, None, None, :]                                   # [B,1,1,Tp+T]
 
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         d = cfg.model_dim
@@ -110,7 +122,8 @@ class A2ETransformer(nn.Module):
         frames = noisy_expr if prev_expr is None else jnp.concatenate([prev_expr, noisy_expr], 1)
         tokens = expr_proj(frames.astype(cfg.dtype))
         types = jnp.concatenate([jnp.zeros((num_prev,), jnp.int32), jnp.ones((t,), jnp.int32)])
-        tokens = (tokens + jnp.asarray(type_table)[types][None] + sinusoidal_embedding(jnp.arange(num_prev + t), d)
+        positions = jnp.arange(-num_prev, t)
+        tokens = (tokens + jnp.asarray(type_table)[types][None] + sinusoidal_embedding(positions, d)
                   + cond[:, None, :])
         tokens = tokens.astype(cfg.dtype)
 
@@ -120,13 +133,13 @@ class A2ETransformer(nn.Module):
                                 cfg.param_dtype)
         a = jnp.where(cond_mask[:, None, None], a, null_audio.astype(a.dtype))
         a = nn.Dense(d, **kw, name="audio_in")(a)
-        a = (a + sinusoidal_embedding(jnp.arange(num_prev, num_prev + t), d)).astype(cfg.dtype)
+        a = (a + sinusoidal_embedding(jnp.arange(t), d)).astype(cfg.dtype)
 
         offsets = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]
         cross_mask = (jnp.abs(offsets) <= cfg.audio_window)[None, None]  # [1,1,T,T]
 
         for i in range(cfg.num_layers):
-            tokens = _DecoderBlock(cfg, name=f"block{i}")(tokens, a, num_prev, cross_mask,
+            tokens = _DecoderBlock(cfg, name=f"block{i}")(tokens, a, num_prev, cross_mask, self_mask,
                                                            deterministic=not train)
         out = nn.LayerNorm(**kw, name="ln_out")(tokens[:, num_prev:])
         return nn.Dense(cfg.expr_dim, **kw, name="out")(out).astype(jnp.float32)

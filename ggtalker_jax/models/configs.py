@@ -160,7 +160,7 @@ def small_config(dtype: Dtype = jnp.float32) -> ModelsConfig:
     """Tiny networks for tests and CPU smoke runs: 32 px maps, 2-layer 32-wide A2E."""
     cfg = ModelsConfig(
         a2e=A2EConfig(audio_dim=320, audio_proj_dim=32, model_dim=32, num_layers=2, num_heads=2,
-                      mlp_dim=64, num_styles=4, style_dim=8, audio_window=2, num_train_steps=50),
+                      mlp_dim=64, num_styles=8, style_dim=8, audio_window=2, num_train_steps=50),
         generator=GeneratorConfig(resolution=32, widths=(4, 8, 8, 16, 16), feature_dim=4),
         color_mlp=ColorMLPConfig(feature_dim=4, hidden_dim=16, num_layers=2, num_uv_freqs=2),
         inpainter=InpainterConfig(render_feature_dim=2, widths=(4, 8, 8, 16, 16)),

@@ -18,6 +18,7 @@ Guidance 1.0 = plain conditional sampling; 1.5-3 sharpens lip articulation at so
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -37,6 +38,44 @@ class NoiseSchedule:
     @property
     def num_train_steps(self) -> int:
         return self.betas.shape[0]
+
+
+@flax.struct.dataclass
+class ExpressionNorm:
+    """Per-dimension normalisation of expressions: the A2E generates ``z = (x - mean) / std``, so every
+    dimension has unit variance against the diffusion noise (the jaw's natural spread is a few hundredths
+    of a radian: smaller than the last sampling step's noise without it). mean, std [D] float32."""
+
+    mean: jax.Array
+    std: jax.Array
+
+    @staticmethod
+    def create(mean, std) -> "ExpressionNorm":
+        return ExpressionNorm(jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+
+    @staticmethod
+    def identity(dim: int) -> "ExpressionNorm":
+        return ExpressionNorm(jnp.zeros((dim,), jnp.float32), jnp.ones((dim,), jnp.float32))
+
+    @staticmethod
+    def fit(expressions, min_std: float = 1e-3, relative_min_std: float = 0.05) -> "ExpressionNorm":
+        """Statistics of training expressions [N, D]. A dimension's std is floored at
+        ``max(min_std, relative_min_std * the largest std)``, so a component the data barely moves is not
+        blown up to unit variance from its noise."""
+        x = np.asarray(expressions, np.float64).reshape(-1, np.shape(expressions)[-1])
+        if x.shape[0] < 2 or not np.all(np.isfinite(x)):
+            raise ValueError(f"ExpressionNorm.fit: need >= 2 finite rows, got {x.shape}")
+        std = x.std(axis=0)
+        std = np.maximum(std, max(min_std, relative_min_std * float(std.max())))
+        return ExpressionNorm.create(x.mean(axis=0), std)
+
+    def normalize(self, x):
+        """x [..., D] -> z [..., D]."""
+        return (x - self.mean) / self.std
+
+    def denormalize(self, z):
+        """z [..., D] -> x [..., D]."""
+        return z * self.std + self.mean
 
 
 def cosine_schedule(num_train_steps: int = 1000, s: float = 0.008,
@@ -201,16 +240,17 @@ def sample_long(apply_fn: Callable, params, audio, rng, window: int, overlap: in
 
 
 def predict_expressions(config, params, audio_features, rng, *, window: int, context: int, num_steps: int = 25,
-                        style_id: int = 0, guidance=1.0):
+                        style_id: int = 0, guidance=1.0, norm: ExpressionNorm | None = None):
     """The A2E at inference: audio features [T, Da] -> expressions [T, 53] (50 expression + 3 jaw pose),
     generated `window` frames at a time (DDIM, `sample_long`), each window after the first conditioned on
     the last `context` frames before it: the windowing a prior is trained with (`avatar.PriorConfig`).
+    The A2E works on normalised expressions (`norm`, the prior's; None: identity); the result is in
+    expression units.
 
     config: the `A2EConfig`; params: the A2ETransformer "params" collection (a prior's "a2e" entry; numpy
-    or jnp leaves). `num_steps` is capped at the model's training steps. Deterministic for a given `rng`.
+    or jnp leaves). `num_steps` is capped at the model's training steps. guidance: classifier-free guidance
+    scale (1.0: the conditional model alone). Deterministic for a given `rng`.
     """
-    from ggtalker_jax.models.a2e import A2ETransformer
-
     audio_features = jnp.asarray(audio_features, jnp.float32)
     if audio_features.ndim != 2 or audio_features.shape[1] != config.audio_dim:
         raise ValueError(f"predict_expressions audio_features: expected [T,{config.audio_dim}], got "
@@ -219,8 +259,48 @@ def predict_expressions(config, params, audio_features, rng, *, window: int, con
         raise ValueError(f"predict_expressions style_id: {style_id} not in [0, {config.num_styles})")
     # jnp leaves: A2ETransformer indexes a param table with traced ints, which numpy leaves cannot do.
     params = jax.tree.map(jnp.asarray, params)
+    use_cfg = not (isinstance(guidance, (int, float)) and guidance == 1.0)
+    z = _sample_clip(params, audio_features, rng, jnp.int32(style_id), jnp.float32(guidance), config=config,
+                     window=window, context=min(context, window), num_steps=min(num_steps, config.num_train_steps),
+                     use_cfg=use_cfg)
+    return z if norm is None else norm.denormalize(z)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "window", "context", "num_steps", "use_cfg"))
+def _sample_clip(params, audio, rng, style_id, guidance, *, config, window, context, num_steps, use_cfg):
+    """`sample_long` with an A2ETransformer of `config`, compiled once per configuration and clip length."""
+    from ggtalker_jax.models.a2e import A2ETransformer
+
     apply_fn = make_a2e_apply_fn(A2ETransformer(config))
-    schedule = cosine_schedule(config.num_train_steps)
-    return sample_long(apply_fn, {"params": params}, audio_features, rng, window, min(context, window),
-                       schedule=schedule, num_steps=min(num_steps, config.num_train_steps), guidance=guidance,
-                       style_id=style_id, expr_dim=config.expr_dim)
+    return sample_long(apply_fn, {"params": params}, audio, rng, window, context,
+                       schedule=cosine_schedule(config.num_train_steps), num_steps=num_steps,
+                       guidance=guidance if use_cfg else 1.0, style_id=style_id, expr_dim=config.expr_dim)
+
+
+def generate_window(apply_fn: Callable, params, audio, rng, num_steps: int, prev_expr=None, style_id=None, *,
+                    schedule: NoiseSchedule, expr_dim: int = 53):
+    """A window generated from noise as at inference (DDIM, `num_steps` steps, conditional), with the
+    gradient flowing through the last step only: the x0 prediction at the last timestep from the
+    (stop-gradient) state the earlier steps reached. audio [B,T,Da] -> x0 [B,T,53]. This is how the image
+    loss of adaptation stages 4-5 reaches the A2E through expressions it generated from the audio."""
+    b, t = audio.shape[:2]
+    ts = ddim_timesteps(schedule.num_train_steps, num_steps)
+    if num_steps > 1:
+        # All but the last step, without gradient: a DDIM run over ts[:-1] ends at x_{ts[-1]}.
+        ab = schedule.alphas_cumprod
+        ab_t, ab_prev = ab[ts[:-1]], ab[ts[1:]]
+        cond = jnp.ones((b,), bool)
+
+        def step(x_t, inputs):
+            tt, a_t, a_prev = inputs
+            x0 = apply_fn(params, x_t, jnp.full((b,), tt), audio, prev_expr, style_id, cond).astype(jnp.float32)
+            eps = (x_t - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)
+            return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps, None
+
+        x = jax.random.normal(rng, (b, t, expr_dim), jnp.float32)
+        x, _ = jax.lax.scan(step, x, (jnp.asarray(ts[:-1]), ab_t, ab_prev))
+        x = jax.lax.stop_gradient(x)
+    else:
+        x = jax.random.normal(rng, (b, t, expr_dim), jnp.float32)
+    return apply_fn(params, x, jnp.full((b,), int(ts[-1])), audio, prev_expr, style_id,
+                    jnp.ones((b,), bool)).astype(jnp.float32)

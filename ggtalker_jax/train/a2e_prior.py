@@ -1,11 +1,18 @@
 """Audio-Expression (A2E) prior: expression windows from prepared datasets, the training driver (a
-configuration of `ggtalker_jax.train.trainer` with `objectives.a2e_objective`) and held-out sample plots.
+configuration of `ggtalker_jax.train.trainer` with `objectives.a2e_objective`), held-out measurements and
+sample plots.
 
-Each prepared dataset (`ggtalker_jax.data.dataset`) is one identity; the i-th gets style id i + 1
-(0 = generic style). A training example is a window of ``window`` frames from the train split plus the
-``prev`` clean frames just before it (motion context). The windowing is the prior's
-(`avatar.PriorConfig.a2e_window` / `a2e_context`): inference cuts audio the same way
-(`models.diffusion.predict_expressions`).
+Each prepared dataset (`ggtalker_jax.data.dataset`) is one identity; the i-th gets style id i + 1 (0 =
+the generic style, which windows are also trained with at `style_drop_prob`, so it drives new voices). A
+training example is a window of the prior's ``a2e_window`` frames plus the ``a2e_context`` clean frames
+just before it (`avatar.PriorConfig`): inference cuts audio the same way
+(`models.diffusion.predict_expressions`), and context dropout trains the first window, which has none.
+The A2E works on expressions normalised by statistics of the training frames; they are stored with the
+prior (`PriorConfig.expr_mean` / `expr_std`) and applied at inference.
+
+Held out: each clip's "test" split, or its last `holdout_fraction` of frames (`A2ETrainConfig`);
+`held_out_report` samples those frames from their audio and measures how the generated mouth opening
+follows the tracked one, against time-shuffled audio.
 """
 from __future__ import annotations
 
@@ -17,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ggtalker_jax import avatar as avatar_lib
+from ggtalker_jax import head as head_lib
+from ggtalker_jax.audio.features import FeatureSpec
 from ggtalker_jax.data import dataset as dataset_lib
 from ggtalker_jax.data.dataset import PreparedDataset
 from ggtalker_jax.errors import DatasetError, UsageError
@@ -27,47 +37,58 @@ from ggtalker_jax.train import objectives, trainer
 
 @dataclasses.dataclass(frozen=True)
 class A2ETrainConfig:
-    """window: frames per training window; prev: context frames before it (also the inference overlap).
-    cond_drop_prob: classifier-free guidance dropout; no_prev_prob: fraction of steps without context.
-    w_expr / w_vel / w_lip: weights of ``losses.a2e_loss``. sample_steps: DDIM steps of the sample plots.
+    """How the A2E prior trains (its windowing is the prior's: `avatar.PriorConfig.a2e_window/a2e_context`).
+
+    cond_drop_prob: classifier-free guidance dropout; no_prev_prob: fraction of windows without context;
+    style_drop_prob: fraction of windows with the generic style 0. w_expr / w_vel / w_lip: weights of
+    ``losses.a2e_loss``. sample_steps: DDIM steps of the sample plots and held-out measurements.
+    holdout_fraction: hold out the last fraction of each clip (None: each dataset's own test split).
     """
 
-    window: int = 32
-    prev: int = 8
     batch_size: int = 16
     cond_drop_prob: float = 0.1
     no_prev_prob: float = 0.2
+    style_drop_prob: float = 0.2
     w_expr: float = 1.0
     w_vel: float = 1.0
     w_lip: float = 1.0
-    sample_steps: int = 25
+    sample_steps: int = 10
+    holdout_fraction: float | None = None
 
     def __post_init__(self):
-        if self.window < 2 or self.prev < 0:
-            raise ValueError(f"A2ETrainConfig: need window >= 2 and prev >= 0, got window={self.window}, "
-                             f"prev={self.prev}")
+        if self.batch_size < 1:
+            raise ValueError(f"A2ETrainConfig: batch_size must be >= 1, got {self.batch_size}")
+        if self.holdout_fraction is not None and not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"A2ETrainConfig: holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedClip:
-    """One identity's A2E view: audio [T,Da] float32, expression [T,53] float32, fps, split {"train": (a,b), ...}."""
+    """One identity's A2E view: audio [T,Da] float32, expression [T,53] float32, fps, split {"train": (a,b),
+    "test": (b,c)}, features (`FeatureSpec`)."""
 
     path: str
     audio: np.ndarray
     expression: np.ndarray
     fps: float
     split: dict
+    features: FeatureSpec = FeatureSpec()
 
 
 # ------------------------------------------------------------------------------------------ data
 
-def load_prepared(path: str) -> PreparedClip:
-    """The A2E view of a prepared dataset (read and validated by `data.dataset.PreparedDataset`)."""
+def load_prepared(path: str, holdout_fraction: float | None = None) -> PreparedClip:
+    """The A2E view of a prepared dataset (read and validated by `data.dataset.PreparedDataset`);
+    `holdout_fraction` replaces its split by train = the first 1 - f of the frames, test = the rest."""
     data = PreparedDataset(path)
     tracking = data.require_tracking()
     expression = dataset_lib.expression53(tracking)
-    return PreparedClip(str(data.dir), np.asarray(data.audio_features, np.float32), expression, data.fps,
-                        {"train": tuple(data.train_range), "test": tuple(data.test_range)})
+    split = {"train": tuple(data.train_range), "test": tuple(data.test_range)}
+    if holdout_fraction is not None:
+        cut = int(round(data.num_frames * (1.0 - holdout_fraction)))
+        split = {"train": (0, cut), "test": (cut, data.num_frames)}
+    return PreparedClip(str(data.dir), np.asarray(data.audio_features, np.float32), expression, data.fps, split,
+                        data.feature_spec)
 
 
 def window_index(clips: Sequence[PreparedClip], split: str, window: int, prev: int,
@@ -82,43 +103,65 @@ def window_index(clips: Sequence[PreparedClip], split: str, window: int, prev: i
     rows = np.concatenate(rows, axis=0) if rows else np.zeros((0, 2), np.int64)
     if len(rows) == 0:
         raise ValueError(f"no {split} window of {window}+{prev} frames fits in "
-                         f"{[c.path for c in clips]}; use a smaller --window or longer clips")
+                         f"{[c.path for c in clips]}; use a smaller --a2e_window or longer clips")
     return rows
 
 
-def make_train_iterator(clips: Sequence[PreparedClip], config: A2ETrainConfig, seed: int,
-                        process_index: int | None = None, process_count: int | None = None):
+def training_window(clip: PreparedClip, start: int, window: int, context: int) -> dict:
+    """The A2E's conditioning for the window of `clip` starting at `start`, as the trainer feeds it:
+    {"audio" [W, Da], "expr" [W, 53], "prev_expr" [P, 53]} (unnormalised; the objective normalises)."""
+    return {"audio": clip.audio[start:start + window], "expr": clip.expression[start:start + window],
+            "prev_expr": clip.expression[start - context:start]}
+
+
+def make_train_iterator(clips: Sequence[PreparedClip], prior: avatar_lib.PriorConfig, config: A2ETrainConfig,
+                        seed: int, process_index: int | None = None, process_count: int | None = None):
     """Endless grain iterator of per-process batches {"audio" [b,W,Da], "expr" [b,W,53],
-    "prev_expr" [b,P,53], "style_id" [b] int32}, b = batch_size / process_count. Each epoch is a new
-    shuffle; windows are sharded by process. Has ``get_state()`` / ``set_state()`` for resuming."""
+    "prev_expr" [b,P,53], "style_id" [b] int32} (W, P: the prior's window and context), b = batch_size /
+    process_count. Each epoch is a new shuffle; windows are sharded by process. Has ``get_state()`` /
+    ``set_state()`` for resuming."""
     import grain
 
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.batch_size % pc:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {pc} processes")
-    rows = window_index(clips, "train", config.window, config.prev)
-    w, p = config.window, config.prev
+    w, p = prior.a2e_window, prior.a2e_context
+    rows = window_index(clips, "train", w, p)
 
     def load(row):
-        c = clips[int(row[0])]
-        s = int(row[1])
-        return {"audio": c.audio[s:s + w], "expr": c.expression[s:s + w],
-                "prev_expr": c.expression[s - p:s], "style_id": np.int32(int(row[0]) + 1)}
+        clip = int(row[0])
+        return {**training_window(clips[clip], int(row[1]), w, p), "style_id": np.int32(clip + 1)}
 
     ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
           .slice(slice(pi, None, pc)).map(load).batch(config.batch_size // pc, drop_remainder=True))
     return iter(ds.to_iter_dataset())
 
 
+def fit_expression_norm(clips: Sequence[PreparedClip]) -> diffusion.ExpressionNorm:
+    """Normalisation statistics of the training frames of all clips."""
+    return diffusion.ExpressionNorm.fit(np.concatenate([c.expression[slice(*c.split["train"])] for c in clips]))
+
+
+def with_norm(prior: avatar_lib.PriorConfig, norm: diffusion.ExpressionNorm) -> avatar_lib.PriorConfig:
+    return dataclasses.replace(prior, expr_mean=tuple(np.asarray(norm.mean).tolist()),
+                               expr_std=tuple(np.asarray(norm.std).tolist()))
+
+
 # ------------------------------------------------------------------------------------------ loss
 
-def make_loss_fn(model_config: A2EConfig, config: A2ETrainConfig,
+def a2e_weights(config: A2ETrainConfig) -> objectives.A2EWeights:
+    return objectives.A2EWeights(w_expr=config.w_expr, w_vel=config.w_vel, w_lip=config.w_lip,
+                                 cond_drop_prob=config.cond_drop_prob, no_prev_prob=config.no_prev_prob,
+                                 style_drop_prob=config.style_drop_prob)
+
+
+def make_loss_fn(prior: avatar_lib.PriorConfig, config: A2ETrainConfig,
                  lip_vertices_fn: Callable | None = None) -> trainer.LossFn:
-    """The A2E prior's objective (`objectives.a2e_objective`) with this run's weights."""
-    weights = objectives.A2EWeights(w_expr=config.w_expr, w_vel=config.w_vel, w_lip=config.w_lip,
-                                    cond_drop_prob=config.cond_drop_prob, no_prev_prob=config.no_prev_prob)
-    return objectives.a2e_objective(model_config, weights, context=config.prev, lip_fn=lip_vertices_fn)
+    """The A2E prior's objective (`objectives.a2e_objective`) with this run's weights, in the prior's
+    normalised expression space."""
+    return objectives.a2e_objective(prior.models.a2e, a2e_weights(config), prior.expression_norm,
+                                    lip_fn=lip_vertices_fn)
 
 
 def init_params(model_config: A2EConfig, seed: int = 0) -> Any:
@@ -129,31 +172,84 @@ def init_params(model_config: A2EConfig, seed: int = 0) -> Any:
     return variables["params"]
 
 
-# ------------------------------------------------------------------------------------------ sampling
+# ------------------------------------------------------------------------------------------ measuring
 
-def make_sample_fn(model_config: A2EConfig, config: A2ETrainConfig, clips: Sequence[PreparedClip],
+def correlation(a, b) -> float:
+    """Pearson correlation of two series [T] (0 when either is constant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(np.sum(a * b) / den) if den > 1e-12 else 0.0
+
+
+def held_out_report(params: Any, prior: avatar_lib.PriorConfig, clips: Sequence[PreparedClip], *,
+                    num_steps: int = 10, guidance: float = 1.0, seed: int = 0, split: str = "test",
+                    head_model=None, style: str = "identity") -> dict:
+    """Samples every clip's `split` frames from their audio (`diffusion.predict_expressions`, the prior's
+    windowing, seed `seed`) and compares the generated mouth opening (head-model lip landmarks,
+    `avatar.mouth_opening`) with the tracked one: Pearson correlation per clip and frame-weighted mean, the
+    same with the audio's frames shuffled in time (the control), and the jaw-pitch correlation. style:
+    "identity" (each clip's own style row) or "generic" (row 0)."""
+    model = head_model or head_lib.load(prior.head_model)
+    cfg = prior.models.a2e
+    norm = prior.expression_norm
+    rows, frames = [], 0
+    rng = np.random.default_rng(seed)
+    for i, c in enumerate(clips):
+        a, b = c.split[split]
+        if b - a < 4:
+            continue
+        sid = i + 1 if style == "identity" and i + 1 < cfg.num_styles else 0
+        audio = c.audio[a:b]
+        shuffled = audio[rng.permutation(b - a)]
+        kw = dict(window=prior.a2e_window, context=prior.a2e_context, num_steps=num_steps, style_id=sid,
+                  guidance=guidance, norm=norm)
+        pred = np.asarray(diffusion.predict_expressions(cfg, params, audio, jax.random.PRNGKey(seed), **kw))
+        ctrl = np.asarray(diffusion.predict_expressions(cfg, params, shuffled, jax.random.PRNGKey(seed), **kw))
+        truth = avatar_lib.mouth_opening(model, c.expression[a:b])
+        rows.append({"clip": os.path.basename(c.path), "frames": int(b - a),
+                     "mouth_corr": correlation(avatar_lib.mouth_opening(model, pred), truth),
+                     "mouth_corr_shuffled": correlation(avatar_lib.mouth_opening(model, ctrl), truth),
+                     "jaw_corr": correlation(pred[:, 50], c.expression[a:b, 50])})
+        frames += b - a
+    if not rows:
+        return {"frames": 0, "clips": []}
+    w = np.array([r["frames"] for r in rows], np.float64)
+    mean = {k: float(np.sum(w * [r[k] for r in rows]) / w.sum())
+            for k in ("mouth_corr", "mouth_corr_shuffled", "jaw_corr")}
+    return {"frames": int(frames), "split": split, "num_steps": num_steps, "guidance": guidance, "style": style,
+            **mean, "clips": rows}
+
+
+def make_sample_fn(prior: avatar_lib.PriorConfig, config: A2ETrainConfig, clips: Sequence[PreparedClip],
                    workdir: str, logger=None) -> Callable[[Any, int], np.ndarray]:
     """sample_fn(state, step): DDIM-samples the first held-out ("test", else "train") window of the first
-    clip and writes ``workdir/samples/a2e_step{step:07d}.png`` (jaw pose + first 3 expression curves,
-    predicted vs target); logs it to TensorBoard when ``logger`` is given. Returns the image."""
+    clip (with its context) and writes ``workdir/samples/a2e_step{step:07d}.png`` (jaw pose + first 3
+    expression curves, predicted vs target); logs it to TensorBoard when ``logger`` is given. Returns the
+    image."""
     from ggtalker_jax.train.logging import plot_curves
 
+    model_config = prior.models.a2e
+    norm = prior.expression_norm
+    w, p = prior.a2e_window, prior.a2e_context
     clip = clips[0]
-    split = "test" if clip.split.get("test", (0, 0))[1] - clip.split.get("test", (0, 0))[0] \
-        >= config.window + config.prev else "train"
-    a, _ = clip.split[split]
-    s = a + config.prev
-    audio = jnp.asarray(clip.audio[s:s + config.window])[None]
-    prev = jnp.asarray(clip.expression[s - config.prev:s])[None] if config.prev else None
-    target = clip.expression[s:s + config.window]
+    test = clip.split.get("test", (0, 0))
+    split = "test" if test[1] - test[0] >= w + p else "train"
+    a, b = clip.split[split]
+    s = a + p
+    w = min(w, b - s)
+    audio = jnp.asarray(clip.audio[s:s + w])[None]
+    prev = norm.normalize(jnp.asarray(clip.expression[s - p:s]))[None] if p else None
+    target = clip.expression[s:s + w]
     apply_fn = diffusion.make_a2e_apply_fn(A2ETransformer(model_config))
     schedule = diffusion.cosine_schedule(model_config.num_train_steps)
     steps = min(config.sample_steps, model_config.num_train_steps)
 
     @jax.jit
     def sample(params):
-        return diffusion.ddim_sample(apply_fn, {"params": params}, audio, jax.random.PRNGKey(0), steps,
-                                     1.0, prev, jnp.ones((1,), jnp.int32), schedule=schedule)[0]
+        z = diffusion.ddim_sample(apply_fn, {"params": params}, audio, jax.random.PRNGKey(0), steps,
+                                  1.0, prev, jnp.ones((1,), jnp.int32), schedule=schedule)[0]
+        return norm.denormalize(z)
 
     cols = [50, 51, 52, 0, 1, 2]
     names = ["jaw_0", "jaw_1", "jaw_2", "expr_0", "expr_1", "expr_2"]
@@ -172,41 +268,56 @@ def make_sample_fn(model_config: A2EConfig, config: A2ETrainConfig, clips: Seque
 
 # ------------------------------------------------------------------------------------------ driver
 
-def train_a2e_prior(data_dirs: Sequence[str], workdir: str, model_config: A2EConfig,
-                    train_config: trainer.TrainConfig, a2e_config: A2ETrainConfig,
-                    lip_vertices_fn: Callable | None = None, mesh=None) -> Any:
-    """Trains (or resumes) the A2E prior on the prepared dirs; returns the trained params (numpy tree)."""
-    from ggtalker_jax.train.logging import TrainLogger
-
+def load_clips(data_dirs: Sequence[str], prior: avatar_lib.PriorConfig, config: A2ETrainConfig
+               ) -> tuple[list[PreparedClip], avatar_lib.PriorConfig]:
+    """The clips of `data_dirs` and the prior with their audio features (all clips must share one kind)."""
     if not data_dirs:
         raise UsageError("train_a2e_prior: no prepared dataset dirs given (--data)")
-    clips = [load_prepared(d) for d in data_dirs]
-    if len(clips) + 1 > model_config.num_styles:
+    clips = [load_prepared(d, config.holdout_fraction) for d in data_dirs]
+    spec = clips[0].features
+    for c in clips[1:]:
+        if not spec.same_features(c.features):
+            raise DatasetError(f"{c.path} has {c.features.describe()} but {clips[0].path} has {spec.describe()}; "
+                               "prepare every clip of one prior with the same --features")
+    prior = dataclasses.replace(prior, audio=spec)
+    num_styles = prior.models.a2e.num_styles
+    if len(clips) + 1 > num_styles:
         raise UsageError(f"{len(clips)} identities need {len(clips) + 1} style rows but the A2E config "
-                         f"has num_styles={model_config.num_styles}")
-    for c in clips:
-        if c.audio.shape[1] != model_config.audio_dim:
-            raise DatasetError(f"{c.path}: audio features have Da={c.audio.shape[1]} but the A2E config "
-                               f"expects audio_dim={model_config.audio_dim}")
-    data = make_train_iterator(clips, a2e_config, train_config.seed)
+                         f"has num_styles={num_styles}")
+    return clips, prior
+
+
+def train_a2e_prior(data_dirs: Sequence[str], workdir: str, prior: avatar_lib.PriorConfig,
+                    train_config: trainer.TrainConfig, a2e_config: A2ETrainConfig = A2ETrainConfig(),
+                    lip_vertices_fn: Callable | None = None, mesh=None) -> tuple[Any, avatar_lib.PriorConfig]:
+    """Trains (or resumes) the A2E prior on the prepared dirs with `prior`'s windowing. Returns the trained
+    params (numpy tree) and the prior they define: `prior` with the clips' audio features and the
+    expression normalisation of their training frames."""
+    from ggtalker_jax.train.logging import TrainLogger
+
+    clips, prior = load_clips(data_dirs, prior, a2e_config)
+    prior = with_norm(prior, fit_expression_norm(clips))
+    model_config = prior.models.a2e
+    data = make_train_iterator(clips, prior, a2e_config, train_config.seed)
     params = init_params(model_config, train_config.seed)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
     with TrainLogger(workdir, train_config.num_steps) as logger:
         if has_ckpt:
             logger.info(f"found checkpoints in {ckpt_dir}")
-        sample_fn = (make_sample_fn(model_config, a2e_config, clips, workdir, logger)
+        sample_fn = (make_sample_fn(prior, a2e_config, clips, workdir, logger)
                      if train_config.sample_every else None)
         state = trainer.run_training(
-            make_loss_fn(model_config, a2e_config, lip_vertices_fn), params, data, train_config, workdir,
+            make_loss_fn(prior, a2e_config, lip_vertices_fn), params, data, train_config, workdir,
             mesh=mesh, sample_fn=sample_fn, logger=logger,
             extra_meta={"kind": "a2e_prior", "data_dirs": [os.path.abspath(d) for d in data_dirs]})
-    return jax.tree.map(np.asarray, state.params)
+    return jax.tree.map(np.asarray, state.params), prior
 
 
 def export_prior(priors_dir: str, prior, params: Any, provenance: dict) -> None:
     """Writes the trained A2E params into the priors folder adaptation loads (``priors.update_priors``);
-    `prior` is the `avatar.PriorConfig` (its A2E windowing must be the one trained)."""
+    `prior` is the `avatar.PriorConfig` `train_a2e_prior` returned (its A2E definition: windowing, audio
+    features and normalisation, is the one trained)."""
     from ggtalker_jax import priors
 
     priors.update_priors(priors_dir, prior, {"a2e": params}, {"a2e": provenance})

@@ -9,7 +9,11 @@
 
 Every stage is a configuration of the training core (`ggtalker_jax.train.trainer`): its parameter groups
 train, everything else is frozen by label (`TrainConfig.trainable`), its terms of
-`objectives.adaptation_objective` are on. A stage ends after `steps` steps or `minutes` of wall time,
+`objectives.adaptation_objective` are on. The A2E sees its windows as at inference (the prior's window
+length, the previous frames as context, context dropout); in stages 4-5 half the rendered frames show
+expressions the A2E generates from the audio (a few DDIM steps from noise, gradient through the last), so
+the image loss shapes the A2E, while the other half keep fitting the head parameters (shape, pose and
+per-frame expression corrections all learn in stages 2, 4 and 5). A stage ends after `steps` steps or `minutes` of wall time,
 whichever comes first. Its training state is checkpointed as it runs (a killed run continues where it
 stopped), and the avatar's parameters are saved after every stage (`ggtalker_jax.workdir`); a rerun with
 the same dataset and schedule resumes, anything else is refused.
@@ -74,14 +78,14 @@ class Stage:
             raise UsageError(f"stage {self.name!r}: the learning rate must be a finite number > 0, got "
                              f"{self.learning_rate}")
 
-    def terms(self, a2e_render_timestep: int = 0) -> objectives.AdaptationTerms:
+    def terms(self, render_diffusion_steps: int = 4) -> objectives.AdaptationTerms:
         """The objective's terms this stage needs: images when a visual group trains, the A2E's diffusion
-        objective when the A2E trains, and both together render from the A2E's expressions; the landmark
-        term when the head parameters train."""
+        objective when the A2E trains, and both together render frames from expressions the A2E generates;
+        the landmark term when the head parameters train."""
         visual = any(g in self.trainable for g in VISUAL_GROUPS)
         a2e = "a2e" in self.trainable
         return objectives.AdaptationTerms(photometric=visual, a2e=a2e, a2e_render=visual and a2e,
-                                          a2e_render_timestep=a2e_render_timestep,
+                                          render_diffusion_steps=render_diffusion_steps,
                                           landmarks="head" in self.trainable)
 
     def to_dict(self) -> dict:
@@ -127,9 +131,10 @@ def default_avatar_config(schedule: str = "small", image_size: int | None = None
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
     """Settings shared by the stages (the stages themselves are passed separately)."""
-    batch_size: int = 2                 # frames rendered per step (each with its own A2E window)
-    style_id: int = -1                  # A2E style row for this identity (-1: the last row)
-    diffusion_steps_for_render: int = 0  # noise level (timestep) of the one-step A2E prediction in 4-5
+    batch_size: int = 2                 # frames rendered per step (each with its own A2E window; in stages 4-5
+                                        # half of them from the A2E's generated expressions)
+    style_id: int = 0                   # A2E style row this identity adapts (0: the prior's generic style)
+    render_diffusion_steps: int = 4     # stages 4-5: DDIM steps from noise of the rendered A2E expressions
     w_a2e: float = 1.0
     image: objectives.ImageWeights = objectives.ImageWeights()
     a2e: objectives.A2EWeights = objectives.A2EWeights()
@@ -155,7 +160,8 @@ def subject_loader(subject: dataset_lib.SubjectView, static: avatar_lib.AvatarSt
     """Endless, resumable batches of training frames with their A2E windows at the avatar's size."""
     return loader_lib.make_loader(subject.root, loader_lib.LoaderConfig(
         batch_size=cfg.batch_size, seed=seed, image_size=static.config.image_size, with_tracking=True,
-        window=static.config.prior.a2e_window, mouth_mask=cfg.image.mouth_weight != 1.0, num_threads=2,
+        window=static.config.prior.a2e_window, window_context=static.config.prior.a2e_context,
+        mouth_mask=cfg.image.mouth_weight != 1.0, num_threads=2,
         prefetch_buffer_size=4, shard_index=0, shard_count=1))
 
 
@@ -166,7 +172,7 @@ def run_stage(static: avatar_lib.AvatarStatic, subject: dataset_lib.SubjectView,
     resuming from `run_dir` when it holds a checkpoint of this stage. Returns (params, record) with record
     the stage's name, groups, steps, seconds and final metrics."""
     loss_fn = objectives.adaptation_objective(static, uv_input, style_row(static, cfg),
-                                              stage.terms(cfg.diffusion_steps_for_render), cfg.image, cfg.a2e,
+                                              stage.terms(cfg.render_diffusion_steps), cfg.image, cfg.a2e,
                                               cfg.w_a2e)
     tc = trainer.TrainConfig(num_steps=stage.steps or UNLIMITED_STEPS, learning_rate=stage.learning_rate,
                              warmup_steps=0, final_lr_fraction=1.0, weight_decay=0.0, grad_clip_norm=1.0,
@@ -215,6 +221,7 @@ def adapt(data_dir: str, workdir: str, priors: str | None = None, stages=None, c
         config = dataclasses.replace(config, uv_resolution=config.resolved_uv_resolution)   # recorded as chosen
         static = avatar_lib.AvatarStatic.build(config, model)
         subject = dataset_lib.SubjectView(data_dir, config.image_size)
+        check_features(subject, prior, source)
         record = workdir_lib.record_for(
             data_dir, config, source, priors_lib.digest(priors or priors_lib.BUNDLED) if source != "fresh" else None,
             style_row(static, cfg), [s.to_dict() for s in stages], cfg.to_dict(), head_model=model)
@@ -288,6 +295,16 @@ def initial_uv_delta(static: avatar_lib.AvatarStatic, subject: dataset_lib.Subje
             residual = avatar_lib.colour_residual_map(params, static, maps, ref)
     return {k: jnp.asarray(v) for k, v in avatar_lib.initial_uv_delta(static, maps, texture, cfg.uv_init,
                                                                        residual).items()}
+
+
+def check_features(subject: dataset_lib.SubjectView, prior: avatar_lib.PriorConfig, source: str) -> None:
+    """Refuses a subject whose audio features are not those the prior's A2E reads."""
+    have = subject.dataset.feature_spec
+    if not prior.audio.same_features(have):
+        raise DatasetError(f"{subject.root} was prepared with {have.describe()}, but the priors ({source}) read "
+                           f"{prior.audio.describe()}; prepare the subject with the prior's features (`ggtalker "
+                           "prepare --features ...`) or use priors trained on this kind")
+
 
 
 def _read_json(path: str) -> dict:

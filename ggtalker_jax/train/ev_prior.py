@@ -109,15 +109,14 @@ def train_small_priors(priors_dir: str, subject_dirs: list[str], avatar_config: 
     context = avatar_config.prior.a2e_context
     window = max(2, min(avatar_config.prior.a2e_window, shortest - context))
     prior = dataclasses.replace(avatar_config.prior, a2e_window=window, a2e_context=min(context, window - 1))
-    a2e_cfg = a2e_prior.A2ETrainConfig(window=prior.a2e_window, prev=prior.a2e_context,
-                                       batch_size=max(2, config.batch_size))
+    a2e_cfg = a2e_prior.A2ETrainConfig(batch_size=max(2, config.batch_size))
     tc = trainer.TrainConfig(num_steps=num_steps, learning_rate=config.learning_rate, warmup_steps=min(20, num_steps),
                              checkpoint_every=num_steps, seed=config.seed)
     t0 = time.monotonic()
-    params = a2e_prior.train_a2e_prior(subject_dirs, os.path.join(runs, "a2e"), avatar_config.models.a2e, tc, a2e_cfg)
+    params, prior = a2e_prior.train_a2e_prior(subject_dirs, os.path.join(runs, "a2e"), prior, tc, a2e_cfg)
     a2e_prior.export_prior(priors_dir, prior, params, {
-        "steps": num_steps, "trained_with": "a2e_prior.train_a2e_prior", "window": a2e_cfg.window,
-        "prev": a2e_cfg.prev, "seconds": round(time.monotonic() - t0, 1),
+        "steps": num_steps, "trained_with": "a2e_prior.train_a2e_prior", "window": prior.a2e_window,
+        "context": prior.a2e_context, "seconds": round(time.monotonic() - t0, 1),
         "subjects": [os.path.abspath(d) for d in subject_dirs]})
     return {"ev": ev["ev"]}
 

@@ -2,16 +2,18 @@
 the terms in `ggtalker_jax.train.losses` and weighted by config. Each builder returns a
 ``loss_fn(params, batch, rng, batch_stats=None) -> (loss, aux)`` for `ggtalker_jax.train.trainer`.
 
-- `a2e_objective`: the Audio-Expression prior (and adaptation stage 3): diffusion x0 objective on
-  expression windows (expression L2 + velocity L2 + lip-vertex L2 through the head model), with
-  classifier-free condition dropout and previous-frame context dropout.
+- `a2e_objective`: the Audio-Expression prior: `a2e_denoising_loss`, the diffusion x0 objective on
+  normalised expression windows (expression L2 + velocity L2 + lip-vertex L2 through the head model), with
+  classifier-free condition dropout, previous-frame context dropout and style dropout; adaptation stages
+  3-5 use the same loss.
 - `ev_prior_objective`: the Expression-Visual prior: each sample's reference frame -> generator (BatchNorm
   on batch statistics) -> Gaussians bound to the tracked mesh of another frame of the same identity ->
   rasterize -> inpaint into that frame; photometric loss on the final frame and on the head render inside
   the head mask (mouth-weighted, lost-face frames excluded) + offset and scale regularisers.
 - `adaptation_objective`: one identity's adaptation stages: the same image terms (generator in eval mode,
   per-identity UV refinement and head parameters), the A2E's diffusion objective on the identity's
-  windows, and optionally frames rendered from the A2E's expressions so image gradients reach the A2E.
+  windows (with their previous frames as context), and in stages 4-5 frames rendered from expressions the
+  A2E generates from the audio, so image gradients reach the A2E.
 
 Batches are the grain loader's (`ggtalker_jax.data.loader`, keys documented there); the A2E prior's are
 ``{"audio" [B, W, Da], "expr" [B, W, 53], "prev_expr" [B, P, 53], "style_id" [B]}``.
@@ -34,13 +36,16 @@ from ggtalker_jax.train import losses
 
 @dataclasses.dataclass(frozen=True)
 class A2EWeights:
-    """Weights of the A2E objective. cond_drop_prob: classifier-free guidance dropout; no_prev_prob:
-    fraction of steps trained without the previous-frame context (the first window at inference has none)."""
+    """Weights of the A2E objective. cond_drop_prob: classifier-free guidance dropout (per window);
+    no_prev_prob: fraction of windows trained without their previous-frame context (the first window at
+    inference has none); style_drop_prob: fraction of windows trained with the generic style 0 instead of
+    their identity's (so style 0 drives voices the prior never saw)."""
     w_expr: float = 1.0
     w_vel: float = 1.0
     w_lip: float = 1.0
     cond_drop_prob: float = 0.1
     no_prev_prob: float = 0.2
+    style_drop_prob: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,30 +91,44 @@ def lip_vertices_fn(model) -> Callable:
     return fn
 
 
-def a2e_objective(model_config: A2EConfig, weights: A2EWeights = A2EWeights(), context: int = 0,
-                  lip_fn: Callable | None = None):
-    """The A2E diffusion objective over windows ``{"audio", "expr", "prev_expr", "style_id"}``;
-    ``params`` is the A2ETransformer "params" collection. With `context` > 0 a step conditions on
-    ``prev_expr`` except with probability ``no_prev_prob``."""
+def a2e_denoising_loss(module: A2ETransformer, a2e_params, norm: diffusion.ExpressionNorm, schedule, expr53,
+                       audio, style_id, rng, weights: A2EWeights, prev53=None, prev_ok=None,
+                       lip_fn: Callable | None = None, train: bool = True):
+    """The A2E's diffusion x0 objective on windows, in the prior's normalised expression space (what
+    inference samples): expr53 [B, W, 53] targets, audio [B, W, Da], style_id [B], prev53 [B, P, 53] the
+    clean frames before each window (None: no context) with prev_ok [B] (False where a window has none).
+    Each window keeps its context with probability 1 - no_prev_prob, its audio with 1 - cond_drop_prob and
+    its style with 1 - style_drop_prob. Returns (loss, {"expr", "vel"[, "lip"]})."""
+    k_diff, k_prev, k_style, k_drop = jax.random.split(rng, 4)
+    b = expr53.shape[0]
+    x0 = norm.normalize(expr53)
+    tgt = diffusion.training_targets(schedule, x0, k_diff, weights.cond_drop_prob)
+    prev, prev_mask = None, None
+    if prev53 is not None and prev53.shape[1] > 0:
+        prev = norm.normalize(prev53)
+        prev_mask = jax.random.uniform(k_prev, (b,)) >= weights.no_prev_prob
+        if prev_ok is not None:
+            prev_mask = prev_mask & prev_ok
+    if weights.style_drop_prob > 0:
+        style_id = jnp.where(jax.random.uniform(k_style, (b,)) < weights.style_drop_prob, 0, style_id)
+    pred = module.apply({"params": a2e_params}, tgt["noisy"], tgt["timestep"], audio, prev, style_id,
+                        tgt["cond_mask"], train=train, prev_mask=prev_mask, rngs={"dropout": k_drop} if train else None)
+    lip = None if lip_fn is None else (lambda z: lip_fn(norm.denormalize(z)))
+    return losses.a2e_loss(pred, x0, lip, weights.w_expr, weights.w_vel, weights.w_lip)
+
+
+def a2e_objective(model_config: A2EConfig, weights: A2EWeights = A2EWeights(),
+                  norm: diffusion.ExpressionNorm | None = None, lip_fn: Callable | None = None):
+    """The A2E prior's objective (`a2e_denoising_loss`) over windows ``{"audio" [B, W, Da], "expr" [B, W, 53],
+    "prev_expr" [B, P, 53], "style_id" [B]}`` (P = 0: no context); ``params`` is the A2ETransformer
+    "params" collection; `norm`: the prior's expression normalisation (None: identity)."""
     model = A2ETransformer(model_config)
     schedule = diffusion.cosine_schedule(model_config.num_train_steps)
+    norm = diffusion.ExpressionNorm.identity(model_config.expr_dim) if norm is None else norm
 
     def loss_fn(params, batch, rng, batch_stats=None):
-        k_diff, k_drop, k_prev = jax.random.split(rng, 3)
-        x0 = batch["expr"]
-        tgt = diffusion.training_targets(schedule, x0, k_diff, weights.cond_drop_prob)
-
-        def predict(prev_expr):
-            return model.apply({"params": params}, tgt["noisy"], tgt["timestep"], batch["audio"],
-                               prev_expr, batch["style_id"], tgt["cond_mask"], train=True,
-                               rngs={"dropout": k_drop})
-
-        if context > 0:
-            use_prev = jax.random.uniform(k_prev) >= weights.no_prev_prob
-            pred = jax.lax.cond(use_prev, lambda: predict(batch["prev_expr"]), lambda: predict(None))
-        else:
-            pred = predict(None)
-        return losses.a2e_loss(pred, x0, lip_fn, weights.w_expr, weights.w_vel, weights.w_lip)
+        return a2e_denoising_loss(model, params, norm, schedule, batch["expr"], batch["audio"], batch["style_id"],
+                                  rng, weights, prev53=batch.get("prev_expr"), lip_fn=lip_fn)
 
     return loss_fn
 
@@ -176,58 +195,74 @@ class AdaptationTerms:
     """Which terms one adaptation stage optimises (static: each stage compiles its own step).
 
     photometric: render frames and score them (stages that train visual groups); a2e: the A2E's diffusion
-    objective on the identity's windows; a2e_render: render from the A2E's expressions instead of the
-    tracked ones (stages 4-5); a2e_render_timestep: the diffusion timestep whose one-step x0 prediction is
-    rendered; landmarks: the landmark term on the tracked (corrected) head (stages that train the head).
+    objective on the identity's windows (with their previous-frame context, as at inference); a2e_render:
+    stages 4-5: half the rendered frames (the even rows of the batch; with a batch of one, every other step
+    at random) show expressions the A2E generates from the window's audio, from noise in
+    `render_diffusion_steps` DDIM steps with the gradient through the last one, so the image loss shapes
+    the A2E; the other frames show the tracked expressions plus the per-frame corrections, which so keep
+    learning; landmarks: the landmark term on the tracked (corrected) head (stages that train the head).
     """
     photometric: bool = True
     a2e: bool = False
     a2e_render: bool = False
-    a2e_render_timestep: int = 0
+    render_diffusion_steps: int = 4
     landmarks: bool = False
 
 
 def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: int, terms: AdaptationTerms,
                          image_weights: ImageWeights = ImageWeights(), a2e_weights: A2EWeights = A2EWeights(),
                          w_a2e: float = 1.0):
-    """One identity's adaptation objective over loader batches with tracking and A2E windows.
+    """One identity's adaptation objective over loader batches with tracking and A2E windows (with context:
+    ``window_prev_index`` / ``window_prev_expression53`` / ``window_has_prev``).
     ``params``: the avatar's groups {"uv_delta", "generator", "head", "a2e", "color_mlp", "inpainter"};
     ``batch_stats``: the prior's BatchNorm statistics (eval mode: not updated). uv_input [Rp, Rp, 7]: the
     identity's reference unwrapped at the generator's resolution (`avatar.identity_uv_input`)."""
     a2e_module = avatar_lib.networks(static.config)[0]
-    schedule = diffusion.cosine_schedule(static.config.models.a2e.num_train_steps)
+    a2e_config = static.config.models.a2e
+    schedule = diffusion.cosine_schedule(a2e_config.num_train_steps)
+    norm = static.config.prior.expression_norm
+    render_steps = max(1, min(terms.render_diffusion_steps, a2e_config.num_train_steps))
 
     def loss_fn(params, batch, rng, batch_stats=None):
         full = {**params, **(batch_stats or {})}
         head = params["head"]
-        k_diff, k_noise = jax.random.split(rng)
+        k_a2e, k_gen, k_prev, k_row = jax.random.split(rng, 4)
         b, w = batch["window_index"].shape
         style = jnp.full((b,), style_id, jnp.int32)
-        target = batch["window_expression53"] + jax.lax.stop_gradient(head["expr_delta"][batch["window_index"]])
+        delta = jax.lax.stop_gradient(head["expr_delta"])
+        target = batch["window_expression53"] + delta[batch["window_index"]]
+        prev = batch["window_prev_expression53"] + delta[batch["window_prev_index"]]
+        prev = prev if prev.shape[1] else None                 # a prior without context
+        has_prev = batch["window_has_prev"]
         total, metrics = jnp.float32(0.0), {}
         if terms.a2e:
-            tgt = diffusion.training_targets(schedule, target, k_diff, a2e_weights.cond_drop_prob)
-            x0 = a2e_module.apply({"params": params["a2e"]}, tgt["noisy"], tgt["timestep"], batch["window_audio"],
-                                  None, style, tgt["cond_mask"])
-            l_a2e, a2e_parts = losses.a2e_loss(x0, target, None, a2e_weights.w_expr, a2e_weights.w_vel)
+            l_a2e, a2e_parts = a2e_denoising_loss(a2e_module, params["a2e"], norm, schedule, target,
+                                                  batch["window_audio"], style, k_a2e, a2e_weights, prev, has_prev,
+                                                  train=False)
             total = total + w_a2e * l_a2e
             metrics.update({f"a2e_{k}": v for k, v in a2e_parts.items()})
         if terms.photometric:
             rows = jnp.arange(b)
             idx = batch["index"]
+            expr = batch["expression53"] + head["expr_delta"][idx]
             tracked = avatar_lib.corrected_pose(head, {
-                "expression53": batch["expression53"] + head["expr_delta"][idx], "global_rot": batch["global_rot"],
-                "translation": batch["translation"], "eye_pose": batch["eye_pose"],
-                "neck_pose": batch["neck_pose"]}, idx)
+                "expression53": expr, "global_rot": batch["global_rot"], "translation": batch["translation"],
+                "eye_pose": batch["eye_pose"], "neck_pose": batch["neck_pose"]}, idx)
             tracked_vertices = avatar_lib.posed_vertices(static, head["shape"], tracked)
             frame, vertices = tracked, tracked_vertices
             if terms.a2e_render:
-                # The A2E's one-step prediction from the noised target, so image gradients reach the A2E.
-                t = jnp.full((b,), terms.a2e_render_timestep)
-                noisy = diffusion.q_sample(schedule, target, t, jax.random.normal(k_noise, target.shape))
-                x0 = a2e_module.apply({"params": params["a2e"]}, noisy, t, batch["window_audio"], None, style, None)
-                frame = {**tracked, "expression53": x0[rows, batch["render_pos"]]}
+                # Expressions the A2E generates from the window's audio (context kept as in training).
+                keep = has_prev & (jax.random.uniform(k_prev, (b,)) >= a2e_weights.no_prev_prob)
+                apply_fn = lambda p, x, t, a, pr, s, c: a2e_module.apply(  # noqa: E731
+                    {"params": p}, x, t, a, pr, s, c, prev_mask=keep)
+                z = diffusion.generate_window(apply_fn, params["a2e"], batch["window_audio"], k_gen, render_steps,
+                                              None if prev is None else norm.normalize(prev), style, schedule=schedule,
+                                              expr_dim=a2e_config.expr_dim)
+                generated = norm.denormalize(z)[rows, batch["render_pos"]]
+                gen_rows = rows % 2 == 0 if b > 1 else jax.random.bernoulli(k_row, 0.5, (b,))
+                frame = {**tracked, "expression53": jnp.where(gen_rows[:, None], generated, expr)}
                 vertices = avatar_lib.posed_vertices(static, head["shape"], frame)
+                metrics["a2e_render_expr_err"] = jnp.mean(jnp.square(generated - batch["expression53"]))
             uv_maps = avatar_lib.generate_uv_maps(full, static, uv_input)
             out = avatar_lib.render_frames(full, static, uv_maps, frame, batch["K"][0], batch["frame"],
                                            batch["mask"][..., :1], vertices=vertices)
