@@ -70,7 +70,7 @@ def test_render_refuses_to_overwrite_inputs_and_existing_files(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("flag,value", [("--blink_rate", "-5"), ("--blink_rate", "nan"), ("--blink_rate", "inf"),
-                                        ("--blink_rate", "1e9"), ("--batch_size", "0"), ("--steps", "0"),
+                                        ("--blink_rate", "1e9"), ("--batch_size", "0"), ("--diffusion_steps", "0"),
                                         ("--guidance", "nan")])
 def test_render_rejects_invalid_numbers(tmp_path, capsys, flag, value):
     wav = tmp_path / "speech.wav"
