@@ -77,7 +77,7 @@ def test_stage_gradients_reach_every_trained_group_and_images_reach_the_a2e(adap
     a = workdir_lib.load_adapted(str(root / "workdir"))
     stats = {k: a.params[k] for k in ("generator_stats", "inpainter_stats")}
     params = {k: v for k, v in a.params.items() if k not in stats}
-    uv_input = adapt._uv_input(a.static, a.subject)
+    uv_input = avatar_lib.subject_uv_input(a.static, a.subject)
     cfg = adapt.AdaptConfig()
     batch = next(adapt.subject_loader(a.subject, a.static, cfg, seed=0))
     assert batch["window_prev_expression53"].shape == (2, a.static.config.prior.a2e_context, 53)
