@@ -211,6 +211,23 @@ def band_weights(planes: np.ndarray, block_weight: np.ndarray | None = None) -> 
     return (inverse / inverse.mean()).astype(np.float32)
 
 
+def weight_blocks(config: InvisibleConfig, block_full: np.ndarray | None = None) -> np.ndarray:
+    """Blocks [nb, nb] (1 = used) that `band_weights` is measured on: the core of the canvas that every
+    corner crop of `config.design_crops` keeps (blocks [nb - k, k) per axis, k = floor(nb * keep)), so
+    that embedder and detector weigh the bands alike after such a crop. With `block_full` (the blocks a
+    crop alignment observes) the observed part of the core, or all observed blocks when less than half
+    of the core is observed."""
+    nb = config.work_size // config.block
+    k = int(np.floor(nb * min(config.design_crops, default=1.0)))
+    core = np.zeros((nb, nb), dtype=np.float32)
+    lo, hi = (nb - k, k) if 2 * k > nb else (0, nb)
+    core[lo:hi, lo:hi] = 1.0
+    if block_full is None:
+        return core
+    seen = core * (block_full > 0)
+    return seen if seen.sum() >= 0.5 * core.sum() else (block_full > 0).astype(np.float32)
+
+
 def _bit_projection(x: np.ndarray, layout: CarrierLayout, weight: np.ndarray) -> np.ndarray:
     """Carriers [..., M] -> per-bit weighted mean de-spread statistic [..., n_bits] (weights [M])."""
     n_bits = layout.count.size
@@ -275,7 +292,7 @@ def design_pattern(frames: np.ndarray, codeword: np.ndarray, config: InvisibleCo
     nb = config.work_size // config.block
     n_band = len(config.band)
     host0, planes = _carrier_means(frames, config)
-    weight = np.tile(band_weights(planes), nb * nb).astype(np.float64)  # [M]
+    weight = np.tile(band_weights(planes, weight_blocks(config)), nb * nb).astype(np.float64)  # [M]
     del planes
     rng = np.random.default_rng(config.seed + 1)
     probe = config.probe_amplitude * rng.choice(np.array([-1.0, 1.0]), size=layout.bit_of.size)
@@ -389,7 +406,8 @@ def frame_statistics(lumas: np.ndarray, config: InvisibleConfig, n_bits: int,
         planes.append(_band_planes(canvas, config))
     planes = np.stack(planes)
     block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
-    weight = np.tile(band_weights(planes, block_full), nb * nb) * np.repeat(block_full.reshape(-1), len(config.band))
+    weight = (np.tile(band_weights(planes, weight_blocks(config, block_full)), nb * nb)
+              * np.repeat(block_full.reshape(-1), len(config.band)))
     return _bit_projection(planes.reshape(len(lumas), -1), layout, weight)
 
 
@@ -478,16 +496,18 @@ def _sync_offset(z: np.ndarray, template_f: np.ndarray, size: int) -> tuple[int,
     return int(oy), int(ox)
 
 
-def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout, alignment: Alignment,
-                  bands: np.ndarray) -> tuple[np.ndarray, float]:
+def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
+                  alignment: Alignment) -> tuple[np.ndarray, float]:
     """Bit statistics [n_bits] of a frame-mean luma [H, W] at `alignment` (equal to the mean of the
     per-frame statistics, by linearity) and their coherence score: mean p_k^2 with the true chips over
     the same with scrambled chips (host only) - about 1 where no mark lines up with the carriers, well
-    above 1 at the mark's alignment, comparable across scales. `bands` [K]: the band weights."""
+    above 1 at the mark's alignment, comparable across scales. Bands are weighted by `band_weights` on
+    `weight_blocks` of the mean luma (the frames' own median spread differs a little)."""
     nb, b = config.work_size // config.block, config.block
     canvas, coverage = to_canvas(mean_luma, config.work_size, alignment)
     planes = _band_planes(canvas, config)
     block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
+    bands = band_weights(planes[None], weight_blocks(config, block_full))
     weight = (np.tile(bands, nb * nb) * np.repeat(block_full.reshape(-1), len(config.band))).astype(np.float64)
     x = planes.reshape(-1).astype(np.float64)
     n_bits = layout.count.size
@@ -500,9 +520,8 @@ def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: Carrie
 
 def alignment_score(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
                     alignment: Alignment) -> float:
-    """The coherence score of `_aligned_soft` (band weights from the whole frame)."""
-    bands = band_weights(_band_planes(to_canvas(mean_luma, config.work_size)[0], config)[None])
-    return _aligned_soft(mean_luma, config, layout, alignment, bands)[1]
+    """The coherence score of `_aligned_soft`."""
+    return _aligned_soft(mean_luma, config, layout, alignment)[1]
 
 
 @functools.lru_cache(maxsize=4)
@@ -514,12 +533,12 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
                        message_bytes: int) -> list[Alignment]:
     """Crop alignments to decode, most promising first. Candidates: for every kept fraction the four
     corner offsets and the offset the sync pattern correlates best with. Those whose frame-mean
-    statistics already decode come first (best coherence score first), then the best-scoring others;
-    each is refined by a local search over offset (+-1 px) and scale (+-0.5%) on the score."""
+    statistics already decode come first (best coherence score first, as found), then all of them
+    refined by a local search over offset (+-1 px) and scale (+-0.5%) on the score, then the refined
+    best-scoring others."""
     s = config.work_size
     template_f = np.fft.rfft2(_sync_template(config, layout))
     mean_luma = lumas.mean(axis=0)
-    bands = band_weights(_band_planes(to_canvas(mean_luma, s)[0], config)[None])
     candidates = set()
     for sy, sx in _candidate_scales(*mean_luma.shape, config):
         hh, ww = int(round(s * sy)), int(round(s * sx))
@@ -527,12 +546,13 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
         candidates.update((sy, sx, oy, ox) for oy, ox in offsets)
     decoded, scored = [], []
     for alignment in candidates:
-        soft, score = _aligned_soft(mean_luma, config, layout, alignment, bands)
+        soft, score = _aligned_soft(mean_luma, config, layout, alignment)
         scored.append((score, alignment))
         if _decode(soft, message_bytes, config) is not None:
             decoded.append((score, alignment))
-    order = sorted(decoded, key=lambda v: -v[0])[:4] + sorted(scored, key=lambda v: -v[0])[:config.candidates_decoded]
-    refined = []
+    decoded = sorted(decoded, key=lambda v: -v[0])[:4]
+    order = decoded + sorted(scored, key=lambda v: -v[0])[:config.candidates_decoded]
+    refined = [alignment for _, alignment in decoded]  # as found too: the score can climb away from them
     for score, (sy, sx, oy, ox) in order:
         best = (score, (sy, sx, oy, ox))
         for _ in range(2):  # coordinate ascent
@@ -546,7 +566,7 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
                         if (dsy and (dy or dx)) or nsy > 1.0 or nsx > 1.0 or min(a[2], a[3]) < 0 \
                                 or a[2] + hh > s or a[3] + ww > s:
                             continue
-                        sc = _aligned_soft(mean_luma, config, layout, a, bands)[1]
+                        sc = _aligned_soft(mean_luma, config, layout, a)[1]
                         if sc > best[0]:
                             best = (sc, a)
         if best[1] not in refined:
