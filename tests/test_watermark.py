@@ -319,6 +319,34 @@ def test_survives_crf28_half_rescale_crf23_and_corner_crop(marked):
     assert found.segments[0].visible["checked"] is False  # the bottom-right overlay was cropped away
 
 
+@pytest.fixture(scope="module")
+def marked_512():
+    """A 512 px 'render' (the canvas is 256: a 78% crop keeps 199 canvas pixels), marked with the overlay."""
+    frames = textured_frames(t=12, h=512, w=512, seed=5)
+    out, record = mark_frames(frames, payload(), KEY)
+    return out, record
+
+
+@pytest.mark.parametrize("size", [256, 512])
+@pytest.mark.parametrize("corner", ["bottom-left", "bottom-right"])
+def test_survives_78_percent_bottom_corner_crop(marked, marked_512, size, corner):
+    out, record = marked[1:] if size == 256 else marked_512
+    crop = attacks.h264(attacks.corner_crop(out, 0.78, corner), 18)
+    kept = crop.shape[1] * 256 / size  # canvas pixels the crop keeps: 198 at 256 px, 199 at 512 px
+    found = detect_frames(crop, KEY, record)
+    assert found.status == VALID, found.reason
+    sy, sx, oy, ox = found.alignment
+    assert abs(sy * 256 - kept) <= 1 and abs(sx * 256 - kept) <= 1
+    assert abs(oy - (256 - kept)) <= 1 and abs(ox - (256 - kept if corner == "bottom-right" else 0)) <= 1
+
+
+def test_crop_search_tries_every_canvas_size():
+    """A 78% crop of 512 px keeps 398 px = 199 canvas pixels; every kept size down to 65% is searched."""
+    config = invisible.InvisibleConfig()
+    sizes = {int(round(256 * sy)) for sy, sx in invisible._candidate_scales(398, 398, config) if sy == sx}
+    assert set(range(int(np.ceil(256 * config.min_crop_fraction)), 256)) <= sizes and 199 in sizes
+
+
 def test_two_marked_clips_back_to_back_give_two_segments(marked):
     _, out_a, record_a = marked
     out_b, _ = mark_frames(textured_frames(seed=21), payload(visible=False), KEY, visible=False)

@@ -26,10 +26,12 @@ it must survive (`InvisibleConfig.simulate`, default H.264 CRF 28 and 0.5x + CRF
 
 Detection (`detect_codeword`) is blind and key-free (the key signs the record): per-frame statistics at the
 identity alignment, averaged over all frames, Viterbi + CRC. When that fails it decodes sliding windows of
-`window` frames (a clip made of several marked pieces), and when nothing decodes it searches crops: for a
-grid of kept fractions (and the four corner offsets, or the offset where the sync-word pattern
-correlates best) the frame-mean statistics are decoded, and the alignments that decode (else the most
-coherent ones) are refined and decoded frame by frame with the missing blocks masked out.
+`window` frames (a clip made of several marked pieces), and when nothing decodes it searches crops: for
+every kept size (each canvas size down to `min_crop_fraction` of a side) and the four corner offsets, or
+the offset where the sync-word pattern correlates best, the frame-mean statistics are decoded; the
+alignments that decode (as found, then refined) and else the most coherent ones (refined) are decoded
+frame by frame with the missing blocks masked out. Band weights are measured on the canvas core that
+every 75% corner crop keeps (`weight_blocks`), so embedder and detector weigh the bands alike.
 """
 from __future__ import annotations
 
@@ -51,10 +53,6 @@ def _default_band() -> tuple[tuple[int, int], ...]:
     return tuple((u, v) for u in range(4) for v in range(4) if 2 <= u + v <= 4)
 
 
-def _default_crop_scales() -> tuple[float, ...]:
-    return tuple(round(1.0 - 0.005 * i, 3) for i in range(1, 71))  # 0.995 .. 0.65
-
-
 @dataclasses.dataclass(frozen=True)
 class InvisibleConfig:
     """Parameters of the invisible mark; embedder and detector must use the same layout values
@@ -74,7 +72,7 @@ class InvisibleConfig:
     top_ups: int = 1              # re-simulations that top up bits falling short
     gain_combine: str = "max"     # survival gains of the simulated attacks -> pattern shape: "max" or "mean"
     # detection
-    crop_scales: tuple[float, ...] = dataclasses.field(default_factory=_default_crop_scales)
+    min_crop_fraction: float = 0.65  # smallest kept fraction of a side searched (every canvas size down to it)
     candidates_decoded: int = 4   # best-scoring crop alignments refined and decoded when identity fails
     min_sync_agreement: int = 13  # of 16 sync bits that must decode right to call a mark present
     window: int = 25              # frames per window when the whole clip does not decode as one mark
@@ -88,6 +86,8 @@ class InvisibleConfig:
             raise ValueError(f"min_psnr_db must be in [20, 70], got {self.min_psnr_db}")
         if self.gain_combine not in ("max", "mean"):
             raise ValueError(f"gain_combine must be 'max' or 'mean', got {self.gain_combine!r}")
+        if not 0.0 < self.min_crop_fraction <= 1.0:
+            raise ValueError(f"min_crop_fraction must be in (0, 1], got {self.min_crop_fraction}")
         if self.window < 1 or self.design_frames < 1:
             raise ValueError(f"window and design_frames must be >= 1, got {self.window}, {self.design_frames}")
 
@@ -475,14 +475,18 @@ def _sync_template(config: InvisibleConfig, layout: CarrierLayout) -> np.ndarray
 
 
 def _candidate_scales(height: int, width: int, config: InvisibleConfig) -> list[tuple[float, float]]:
-    """Kept fractions (sy, sx) to search: equal per axis, and, for a non-square crop, the ones that make
-    the original square (the product renders square frames)."""
+    """Kept fractions (sy, sx) to search: every canvas size `n` in [S * min_crop_fraction, S) (`to_canvas`
+    places a frame on whole canvas pixels, so a coarser grid of fractions misses sizes a crop has), equal
+    per axis, and, for a non-square crop, the ones that make the original square (the product renders
+    square frames)."""
+    s = config.work_size
     scales = []
     longest = max(height, width)
-    for s in (1.0, *config.crop_scales):
-        scales.append((s, s))
+    for n in range(s, int(np.ceil(s * config.min_crop_fraction)) - 1, -1):
+        f = n / s
+        scales.append((f, f))
         if height != width:
-            scales.append((round(s * height / longest, 4), round(s * width / longest, 4)))
+            scales.append((round(f * height / longest, 4), round(f * width / longest, 4)))
     return [sc for sc in dict.fromkeys(scales) if sc != (1.0, 1.0)]
 
 
@@ -534,7 +538,7 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
     """Crop alignments to decode, most promising first. Candidates: for every kept fraction the four
     corner offsets and the offset the sync pattern correlates best with. Those whose frame-mean
     statistics already decode come first (best coherence score first, as found), then all of them
-    refined by a local search over offset (+-1 px) and scale (+-0.5%) on the score, then the refined
+    refined by a local search over offset (+-1 px) and size (+-2 px) on the score, then the refined
     best-scoring others."""
     s = config.work_size
     template_f = np.fft.rfft2(_sync_template(config, layout))
@@ -557,8 +561,8 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
         best = (score, (sy, sx, oy, ox))
         for _ in range(2):  # coordinate ascent
             _, (by, bx, boy, box) = best
-            for dsy in (-0.005, -0.0025, 0.0, 0.0025, 0.005):
-                nsy, nsx = round(by + dsy, 4), round(bx + dsy * bx / by, 4)
+            for dsy in (-2.0 / s, -1.0 / s, 0.0, 1.0 / s, 2.0 / s):  # +-1 and 2 canvas pixels
+                nsy, nsx = round(by + dsy, 6), round(bx + dsy * bx / by, 6)
                 hh, ww = int(round(s * nsy)), int(round(s * nsx))
                 for dy in range(-1, 2):
                     for dx in range(-1, 2):
