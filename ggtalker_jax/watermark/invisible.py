@@ -25,7 +25,8 @@ it must survive (`InvisibleConfig.simulate`, default H.264 CRF 28 and 0.5x + CRF
      `top_ups` re-simulations top up bits that fell short.
 
 Detection (`detect_codeword`) is blind and key-free (the key signs the record): per-frame statistics at the
-identity alignment, averaged over all frames, Viterbi + CRC. When that fails it decodes sliding windows of
+identity alignment, averaged over all frames, Viterbi + CRC (at every alignment tried: first as they are,
+then each bit scaled by its reliability, `_aligned_soft`). When that fails it decodes sliding windows of
 `window` frames (a clip made of several marked pieces), and when nothing decodes it searches crops: for
 every kept size (each canvas size down to `min_crop_fraction` of a side) and the four corner offsets, or
 the offset where the sync-word pattern correlates best, the frame-mean statistics are decoded; the
@@ -411,10 +412,15 @@ def frame_statistics(lumas: np.ndarray, config: InvisibleConfig, n_bits: int,
     return _bit_projection(planes.reshape(len(lumas), -1), layout, weight)
 
 
-def _decode(soft: np.ndarray, message_bytes: int, config: InvisibleConfig) -> bytes | None:
+def _decode(soft: np.ndarray, message_bytes: int, config: InvisibleConfig,
+            reliability: np.ndarray | None = None) -> bytes | None:
+    """Soft bits [n_bits] -> message, or None (sync word off, or Viterbi + CRC fail). `reliability`
+    [n_bits] > 0 scales the soft values Viterbi sees (sync-word signs are unchanged)."""
     hard = (soft > 0).astype(np.uint8)
     if int(np.sum(hard[:coding.SYNC_BITS.size] == coding.SYNC_BITS)) < config.min_sync_agreement:
         return None
+    if reliability is not None:
+        soft = soft * reliability
     return coding.decode_codeword(soft / (np.abs(soft).mean() + 1e-12), message_bytes)
 
 
@@ -432,19 +438,21 @@ def _segment(per_frame: np.ndarray, start: int, end: int, message: bytes) -> Cod
     return CodewordSegment(start, end, message, soft, raw_ber, confidence)
 
 
-def decode_segments(per_frame: np.ndarray, message_bytes: int, config: InvisibleConfig) -> tuple[CodewordSegment, ...]:
+def decode_segments(per_frame: np.ndarray, message_bytes: int, config: InvisibleConfig,
+                    reliability: np.ndarray | None = None) -> tuple[CodewordSegment, ...]:
     """Per-frame statistics [T, n_bits] -> decoded segments: the whole clip as one when it decodes and
     no window of it decodes to another message, else the runs of sliding windows (`config.window`
-    frames, stride window / 5; clips of at least two windows) that decode to the same message."""
+    frames, stride window / 5; clips of at least two windows) that decode to the same message.
+    `reliability` [n_bits]: see `_decode`."""
     t = per_frame.shape[0]
-    whole = _decode(per_frame.mean(axis=0), message_bytes, config)
+    whole = _decode(per_frame.mean(axis=0), message_bytes, config, reliability)
     w = config.window
     runs: list[list] = []  # [start, end, message]
     if t >= 2 * w:
         starts = sorted(set(range(0, t - w + 1, max(1, w // 5))) | {t - w})
         cumulative = np.concatenate([np.zeros((1, per_frame.shape[1])), np.cumsum(per_frame, axis=0)])
         for s in starts:
-            message = _decode((cumulative[s + w] - cumulative[s]) / w, message_bytes, config)
+            message = _decode((cumulative[s + w] - cumulative[s]) / w, message_bytes, config, reliability)
             if message is None:
                 continue
             if runs and runs[-1][2] == message and s <= runs[-1][1]:
@@ -501,12 +509,15 @@ def _sync_offset(z: np.ndarray, template_f: np.ndarray, size: int) -> tuple[int,
 
 
 def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
-                  alignment: Alignment) -> tuple[np.ndarray, float]:
+                  alignment: Alignment) -> tuple[np.ndarray, float, np.ndarray]:
     """Bit statistics [n_bits] of a frame-mean luma [H, W] at `alignment` (equal to the mean of the
     per-frame statistics, by linearity) and their coherence score: mean p_k^2 with the true chips over
     the same with scrambled chips (host only) - about 1 where no mark lines up with the carriers, well
-    above 1 at the mark's alignment, comparable across scales. Bands are weighted by `band_weights` on
-    `weight_blocks` of the mean luma (the frames' own median spread differs a little)."""
+    above 1 at the mark's alignment, comparable across scales - and each bit's reliability [n_bits]
+    (mean 1): the inverse of `sum_j (w_j x_j)^2 / (sum_j w_j)^2`, the variance of its statistic if every
+    carrier's error under a re-encode scaled with the content it carries (bits with fewer observed
+    carriers, or carriers in busy blocks, are noisier after a crop and a re-encode). Bands are weighted
+    by `band_weights` on `weight_blocks` of the mean luma (the frames' own median spread differs a little)."""
     nb, b = config.work_size // config.block, config.block
     canvas, coverage = to_canvas(mean_luma, config.work_size, alignment)
     planes = _band_planes(canvas, config)
@@ -519,7 +530,10 @@ def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: Carrie
     soft = np.bincount(layout.bit_of, weights=layout.chip * x * weight, minlength=n_bits) / den
     scrambled = np.bincount(layout.bit_of, weights=_scramble(layout.bit_of.size) * layout.chip * x * weight,
                             minlength=n_bits) / den
-    return soft, float(np.mean(soft ** 2) / max(np.mean(scrambled ** 2), 1e-12))
+    spread = np.bincount(layout.bit_of, weights=(x * weight) ** 2, minlength=n_bits) / den ** 2
+    reliability = 1.0 / np.maximum(spread, 1e-12)
+    return (soft, float(np.mean(soft ** 2) / max(np.mean(scrambled ** 2), 1e-12)),
+            reliability / reliability.mean())
 
 
 def alignment_score(mean_luma: np.ndarray, config: InvisibleConfig, layout: CarrierLayout,
@@ -543,16 +557,19 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
     s = config.work_size
     template_f = np.fft.rfft2(_sync_template(config, layout))
     mean_luma = lumas.mean(axis=0)
-    candidates = set()
+    corners, synced = set(), set()
     for sy, sx in _candidate_scales(*mean_luma.shape, config):
         hh, ww = int(round(s * sy)), int(round(s * sx))
-        offsets = {(0, 0), (0, s - ww), (s - hh, 0), (s - hh, s - ww), _sync_offset(resize(mean_luma, hh, ww), template_f, s)}
-        candidates.update((sy, sx, oy, ox) for oy, ox in offsets)
+        corners.update((sy, sx, oy, ox) for oy, ox in ((0, 0), (0, s - ww), (s - hh, 0), (s - hh, s - ww)))
+        synced.add((sy, sx, *_sync_offset(resize(mean_luma, hh, ww), template_f, s)))
     decoded, scored = [], []
-    for alignment in candidates:
-        soft, score = _aligned_soft(mean_luma, config, layout, alignment)
+    for alignment in sorted(corners | synced):
+        soft, score, reliability = _aligned_soft(mean_luma, config, layout, alignment)
         scored.append((score, alignment))
-        if _decode(soft, message_bytes, config) is not None:
+        # the reliability-weighted second try only at corner offsets: the sync-matched offsets are chosen
+        # for their sync word, so they pass its check far more often on unmarked frames (more CRC trials)
+        if _decode(soft, message_bytes, config) is not None or (
+                alignment in corners and _decode(soft, message_bytes, config, reliability) is not None):
             decoded.append((score, alignment))
     decoded = sorted(decoded, key=lambda v: -v[0])[:4]
     order = decoded + sorted(scored, key=lambda v: -v[0])[:config.candidates_decoded]
@@ -589,6 +606,9 @@ def detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleCon
     def at(alignment: Alignment) -> CodewordDetection:
         per_frame = frame_statistics(lumas, config, n_bits, alignment)
         segments = decode_segments(per_frame, message_bytes, config)
+        if not segments:  # again with each bit weighted by its reliability
+            reliability = _aligned_soft(lumas.mean(axis=0), config, layout, alignment)[2]
+            segments = decode_segments(per_frame, message_bytes, config, reliability)
         soft = per_frame.mean(axis=0)
         raw_ber, confidence = _quality(per_frame, soft, segments[0].message if len(segments) == 1 else None)
         return CodewordDetection(segments, alignment, soft, raw_ber, confidence)
