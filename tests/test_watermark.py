@@ -92,6 +92,22 @@ def test_conv_code_known_output_and_corrects_errors():
     assert accepted == 0  # noise is rejected by the CRC
 
 
+def test_reliability_weighting_decodes_where_plain_soft_values_fail():
+    """Bits whose statistics are noisy (few carriers left after a crop) are scaled down by their
+    reliability before Viterbi; the sync word check is left as it was."""
+    msg = bytes([0xDE, 0xAD, 0xBE, 0xEF, 1, 2, 3, 4])
+    word = 2.0 * coding.encode_codeword(msg) - 1.0
+    rng = np.random.default_rng(3)
+    noisy = np.zeros(word.size, bool)
+    noisy[16 + rng.permutation(word.size - 16)[:60]] = True  # a third of the coded bits, 30 of them wrong
+    soft = word.copy()
+    soft[noisy] = 4.0 * rng.choice([-1.0, 1.0], noisy.sum())
+    reliability = np.where(noisy, 1.0 / 16, 1.0)
+    config = invisible.InvisibleConfig()
+    assert invisible._decode(soft, 8, config) is None
+    assert invisible._decode(soft, 8, config, reliability) == msg
+
+
 def test_block_dct_is_orthonormal_and_matches_closed_form():
     rng = np.random.default_rng(1)
     img = rng.normal(size=(32, 32)).astype(np.float32)
