@@ -127,8 +127,8 @@ def driving_features(adapted: Adapted, wav: np.ndarray, sr: int, num_frames: int
 
 def rest_expression(adapted: Adapted) -> np.ndarray:
     """The subject's resting mouth [53]: the mean tracked expression over its training frames whose mouth
-    (head-model lip landmarks) is among the 10% most closed, blink components at zero."""
-    from ggtalker_jax.head import blink_dimensions
+    (head-model lip landmarks) is among the 10% most closed, with both eyes open (blink amount 0)."""
+    from ggtalker_jax.head import eyes
 
     subject = adapted.subject
     a, b, _ = subject.split
@@ -139,9 +139,8 @@ def rest_expression(adapted: Adapted) -> np.ndarray:
     else:
         closed = opening <= np.quantile(opening, 0.1)
         rest = expr[closed].mean(axis=0)
-    rest = rest.astype(np.float32)
-    rest[blink_dimensions(adapted.static.head_model)] = 0.0
-    return rest
+    basis = eyes.blink_basis(adapted.static.head_model)
+    return eyes.set_blinks(basis, rest.astype(np.float32)[None], np.zeros(1, np.float32))[0]
 
 
 def rest_in_pauses(expr: np.ndarray, activity: np.ndarray, rest: np.ndarray) -> np.ndarray:
