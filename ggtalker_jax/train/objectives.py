@@ -53,7 +53,8 @@ class ImageWeights:
     """Weights of the image objectives.
 
     lambda_dssim: D-SSIM next to L1; mouth_weight: L1 weight of mouth pixels (1 = no emphasis);
-    w_head_render: the head render composited over the true frame, scored inside the head mask;
+    w_head_render: the head render composited over the true frame, scored inside the avatar's region (head
+      mask and rendered head, dilated: `avatar.inpaint_region`);
     w_offset (max_offset) / w_scale (max_scale): Gaussian offset and size regularisers (generator units;
     offsets of maps at another UV resolution than the prior's are measured in the prior's texels);
     exclude_lost_faces: frames where MediaPipe lost the face are no photometric targets;
@@ -142,9 +143,12 @@ def _image_terms(out: dict, batch: dict, uv_maps: dict, weights: ImageWeights,
     mouth = batch.get("mouth_mask")
     l_img, parts = losses.photometric_loss(out["image"], gt, mouth_mask=mouth, mouth_weight=weights.mouth_weight,
                                            lambda_dssim=weights.lambda_dssim, sample_weight=found)
+    # The head render over black on the head, over the true frame around it, scored over the avatar's whole
+    # region: the head must cover the head mask, and Gaussians drawn beyond it (a mesh larger than the
+    # person's silhouette) pay for hiding the true background.
     head_comp = out["head_rgb"] + (1.0 - out["head_alpha"]) * gt * (1.0 - head_masks)
     l_head, _ = losses.photometric_loss(head_comp, gt, mouth_mask=mouth, mouth_weight=weights.mouth_weight,
-                                        lambda_dssim=weights.lambda_dssim, valid_mask=head_masks,
+                                        lambda_dssim=weights.lambda_dssim, valid_mask=out["inpaint_mask"],
                                         sample_weight=found)
     total = l_img + weights.w_head_render * l_head
     if weights.w_offset:
