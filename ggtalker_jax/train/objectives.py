@@ -203,8 +203,9 @@ class AdaptationTerms:
     stages 4-5: half the rendered frames (the even rows of the batch; with a batch of one, every other step
     at random) show expressions the A2E generates from the window's audio, from noise in
     `render_diffusion_steps` DDIM steps with the gradient through the last one, so the image loss shapes
-    the A2E; the other frames show the tracked expressions plus the per-frame corrections, which so keep
-    learning; landmarks: the landmark term on the tracked (corrected) head (stages that train the head).
+    the A2E (the head parameters get no gradient from those rows); the other frames show the tracked
+    expressions plus the per-frame corrections, which so keep learning; landmarks: the landmark term on
+    the tracked (corrected) head (stages that train the head).
     """
     photometric: bool = True
     a2e: bool = False
@@ -264,8 +265,16 @@ def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: in
                                               expr_dim=a2e_config.expr_dim)
                 generated = norm.denormalize(z)[rows, batch["render_pos"]]
                 gen_rows = rows % 2 == 0 if b > 1 else jax.random.bernoulli(k_row, 0.5, (b,))
-                frame = {**tracked, "expression53": jnp.where(gen_rows[:, None], generated, expr)}
-                vertices = avatar_lib.posed_vertices(static, head["shape"], frame)
+                # The generated rows teach the A2E only: the head (shape, pose corrections) they are posed
+                # with is held fixed there, or the image loss would bend the head to fit a wrong mouth.
+                fixed = jax.lax.stop_gradient(head)
+                posed = avatar_lib.corrected_pose(fixed, {**tracked, "global_rot": batch["global_rot"],
+                                                          "translation": batch["translation"],
+                                                          "expression53": generated}, idx)
+                generated_vertices = avatar_lib.posed_vertices(static, fixed["shape"], posed)
+                frame = {k: jnp.where(gen_rows.reshape((b,) + (1,) * (v.ndim - 1)), posed[k], v)
+                         for k, v in tracked.items()}
+                vertices = jnp.where(gen_rows[:, None, None], generated_vertices, tracked_vertices)
                 metrics["a2e_render_expr_err"] = jnp.mean(jnp.square(generated - batch["expression53"]))
             uv_maps = avatar_lib.generate_uv_maps(full, static, uv_input)
             out = avatar_lib.render_frames(full, static, uv_maps, frame, batch["K"][0], batch["frame"],
