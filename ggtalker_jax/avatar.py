@@ -130,6 +130,9 @@ class PriorConfig:
 A2E_FIELDS = ("a2e_window", "a2e_context", "audio", "expr_mean", "expr_std")
 
 
+COMPOSITES = ("render_over_inpainter", "inpainter")
+
+
 @dataclasses.dataclass(frozen=True)
 class AvatarConfig:
     """One avatar: its prior's definition plus run-time choices. `small()` runs on a CPU in seconds;
@@ -141,12 +144,22 @@ class AvatarConfig:
       to R (`resample_uv_maps`), so a small prior can start a dense, sharp head.
     head_mask_dilation: pixels the inpainter's region extends beyond the head (None: S / 32, at least 2).
     backend: rasterizer backend (`ggtalker_jax.render.rasterization`'s; "xla" is the dense reference).
+    composite: how the avatar's region of a frame is made (`inpaint_frames`): "render_over_inpainter" (the
+      rendered head by its own alpha over the Body Inpainter's output, which fills what the head does not
+      cover: mouth interior, neck, hair edge; the head's pixels are the Gaussians' own) or "inpainter"
+      (the inpainter's output alone, with the render as its input; avatars recorded before this choice).
+    inpainter_size: the Body Inpainter runs at this size (a multiple of 16, at most S; None: S): its inputs
+      are downsampled (antialiased), its output upsampled back. A prior's inpainter learned to fill a hole
+      as wide as its training frames' head border; run at a larger size it leaves the hole dark. With
+      "render_over_inpainter" the head's own pixels stay at S.
     """
     prior: PriorConfig = PriorConfig()
     image_size: int = 64
     uv_resolution: int | None = None
     head_mask_dilation: int | None = None
     backend: str = "auto"                # "auto": Pallas/Triton on a GPU, the XLA:CPU compositor elsewhere
+    composite: str = "render_over_inpainter"
+    inpainter_size: int | None = None
 
     def __post_init__(self):
         if self.image_size < 16 or self.image_size % 16:
@@ -157,6 +170,10 @@ class AvatarConfig:
                              f"(R x R texels, one Gaussian each), got {self.uv_resolution}")
         if self.head_mask_dilation is not None and self.head_mask_dilation < 0:
             raise ValueError(f"AvatarConfig: head_mask_dilation must be >= 0 pixels, got {self.head_mask_dilation}")
+        if self.inpainter_size is not None and (self.inpainter_size < 16 or self.inpainter_size % 16):
+            raise ValueError(f"AvatarConfig: inpainter_size must be a multiple of 16 (>= 16), got {self.inpainter_size}")
+        if self.composite not in COMPOSITES:
+            raise ValueError(f"AvatarConfig: composite must be one of {COMPOSITES}, got {self.composite!r}")
 
     @property
     def models(self) -> models.ModelsConfig:
@@ -180,6 +197,11 @@ class AvatarConfig:
         return max(2, round(self.image_size / 32))
 
     @property
+    def inpainter_resolution(self) -> int:
+        """The size the Body Inpainter runs at (`inpainter_size`, at most the frame size S)."""
+        return min(self.inpainter_size or self.image_size, self.image_size)
+
+    @property
     def mask_reach(self) -> int:
         """Pixels beyond the head mask the rendered head may still claim (`inpaint_region`)."""
         return max(2, round(self.image_size / 10))
@@ -195,6 +217,7 @@ class AvatarConfig:
         else:   # a config written before priors and run-time choices were split
             prior = PriorConfig.from_dict(d)
         fields = {f.name for f in dataclasses.fields(AvatarConfig)} - {"prior"}
+        d.setdefault("composite", "inpainter")      # recorded before the choice existed: as they rendered then
         return AvatarConfig(prior=prior, **{k: v for k, v in d.items() if k in fields})
 
     @staticmethod
@@ -676,26 +699,38 @@ def inpaint_frames(params: dict, static: AvatarStatic, heads: dict, frames, head
 
     frames [B, H, W, 3] in [0, 1]: the original frames; head_masks [B, H, W, 1]. The inpainter sees the
     frame with the avatar's region (`inpaint_region`: head mask + rendered head, dilated) masked out and
-    the render; its output is used inside that region only, feathered towards the border, and outside it
-    the result is the original frame exactly (GGTalker's inpainter blends at the head boundary; body and
-    background stay the video's). Returns `heads` plus `image` [B, H, W, 3], `inpaint_mask` [B, H, W, 1]
+    the render. Inside that region the avatar is the render over the inpainter's output by the render's
+    alpha (`AvatarConfig.composite` "render_over_inpainter"; "inpainter": the inpainter's output alone),
+    feathered towards the region's border; outside it the result is the original frame exactly
+    (GGTalker's inpainter blends at the head boundary; body and background stay the video's). Returns `heads` plus `image` [B, H, W, 3], `inpaint_mask` [B, H, W, 1]
     (the region) and `inpaint_blend` [B, H, W, 1]; with train=True (prior training: BatchNorm on batch
     statistics) also `inpainter_stats`, the updated statistics.
     """
     cfg = static.config
     alphas, head_rgb, head_feat = heads["head_alpha"], heads["head_rgb"], heads["head_features"]
     mask, blend = inpaint_region(head_masks, alphas, cfg.mask_dilation, cfg.mask_reach)
-    masked = frames * (1.0 - mask)
     _, _, _, inp = networks(cfg)
     fr = cfg.models.inpainter.render_feature_dim
     variables = {"params": params["inpainter"], "batch_stats": params["inpainter_stats"]}
-    args = (jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, masked, mask)
+    b, s = frames.shape[0], frames.shape[1]
+    n = cfg.inpainter_resolution
+    if n < s:       # the inpainter at its own size: region kept where any of it falls in a low-res pixel
+        down = lambda x: jax.image.resize(x, (b, n, n, x.shape[-1]), "linear", antialias=True)  # noqa: E731
+        low_mask = (down(mask) > 0).astype(frames.dtype)
+        args = (jnp.clip(down(head_rgb), 0.0, 1.0), down(alphas), down(head_feat) if fr else None,
+                down(frames) * (1.0 - low_mask), low_mask)
+    else:
+        args = (jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, frames * (1.0 - mask), mask)
     out = {**heads, "inpaint_mask": mask, "inpaint_blend": blend}
     if train:
         inpainted, updates = inp.apply(variables, *args, train=True, mutable=["batch_stats"])
         out["inpainter_stats"] = updates["batch_stats"]
     else:
         inpainted = inp.apply(variables, *args, train=False)
+    if n < s:
+        inpainted = jax.image.resize(inpainted, (b, s, s, 3), "linear")
+    if cfg.composite == "render_over_inpainter":       # head_rgb is premultiplied (rendered over black)
+        inpainted = head_rgb + (1.0 - alphas) * inpainted
     out["image"] = jnp.where(mask > 0, blend * inpainted + (1.0 - blend) * frames, frames)
     return out
 

@@ -92,6 +92,58 @@ def test_outside_the_head_region_the_output_is_the_source_frame_bit_for_bit(subj
     assert np.all(blend[~region] == 0) and np.all((blend >= 0) & (blend <= 1))
 
 
+def test_the_head_is_composited_by_its_alpha_over_the_inpainters_output(subject_dir):
+    _, static, network = _avatar(48, 24, seed=2)
+    subject = dataset_lib.SubjectView(subject_dir, 48)
+    params, stats = _params(static, network, subject)
+    full = {**params, **stats}
+    idx = [1, 4]
+    maps = avatar_lib.generate_uv_maps(full, static, avatar_lib.subject_uv_input(static, subject))
+    frame = {k: jnp.asarray(v) for k, v in subject.frame_params(idx).items()}
+    heads = avatar_lib.render_heads(full, static, maps, frame, jnp.asarray(subject.K))
+    frames, head_masks = jnp.asarray(subject.frames(idx)), jnp.asarray(subject.head_masks(idx))
+    over = avatar_lib.inpaint_frames(full, static, heads, frames, head_masks)
+    alone_static = dataclasses.replace(static, config=dataclasses.replace(static.config, composite="inpainter"))
+    alone = avatar_lib.inpaint_frames(full, alone_static, heads, frames, head_masks)
+    blend = np.asarray(over["inpaint_blend"])
+    inside = blend[..., 0] > 0.5
+    assert inside.any()
+    # The inpainter's own output, recovered from the "inpainter" composite, then put under the head.
+    f = np.asarray(frames)
+    inpainted = (np.asarray(alone["image"]) - (1 - blend) * f) / np.maximum(blend, 1e-6)
+    alpha, rgb = np.asarray(heads["head_alpha"]), np.asarray(heads["head_rgb"])
+    want = blend * (rgb + (1 - alpha) * inpainted) + (1 - blend) * f
+    np.testing.assert_allclose(np.asarray(over["image"])[inside], want[inside], atol=2e-4)
+    covered = inside & (alpha[..., 0] > 0.5)
+    assert covered.any() and not np.allclose(np.asarray(over["image"])[covered], np.asarray(alone["image"])[covered])
+    # Avatars recorded before the choice existed keep rendering as they did.
+    old = avatar_lib.AvatarConfig.from_dict({k: v for k, v in static.config.to_dict().items() if k != "composite"})
+    assert old.composite == "inpainter"
+    with pytest.raises(ValueError, match="composite"):
+        dataclasses.replace(static.config, composite="over")
+
+
+def test_head_gaussians_beyond_the_head_mask_pay_in_the_head_term():
+    s = 16
+    gt = jnp.full((1, s, s, 3), 0.5)
+    head_mask = jnp.zeros((1, s, s, 1)).at[:, 4:12, 4:12].set(1.0)
+    region = jnp.zeros((1, s, s, 1)).at[:, 2:14, 2:14].set(1.0)
+    alpha = head_mask
+    batch = {"frame": gt, "mask": head_mask, "found": jnp.ones((1,), bool)}
+
+    def head_term(alpha, rgb):
+        out = {"image": gt, "head_rgb": rgb, "head_alpha": alpha, "inpaint_mask": region}
+        w = objectives.ImageWeights(w_offset=0.0, lambda_dssim=0.0)
+        return float(objectives._image_terms(out, batch, {}, w, None)[1]["head"])
+
+    exact = head_term(alpha, gt * alpha)
+    assert exact == pytest.approx(0.0, abs=1e-7)
+    # A shell of pink Gaussians around the head, inside the avatar's region but outside its mask.
+    shell = region - head_mask
+    pink = jnp.asarray([1.0, 0.7, 0.7])
+    assert head_term(alpha + shell, gt * alpha + shell * pink) > 0.01
+
+
 def test_head_mask_covers_the_hair_but_not_the_shoulders():
     h = w = 100
     pts = np.zeros((478, 3), np.float32)

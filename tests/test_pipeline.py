@@ -98,6 +98,13 @@ def test_stage_gradients_reach_every_trained_group_and_images_reach_the_a2e(adap
             assert all(v == 0 for k, v in got.items() if k != "a2e"), got
     images_only = norms(adapt.paper_schedule()[3], w_a2e=0.0)
     assert images_only["a2e"] > 0, images_only
+    # The rows rendered from generated expressions (row 0 of 2) teach the A2E only: with the tracked row
+    # out of the photometric loss (its face "lost") and no landmark term, the head gets no gradient.
+    lost = {**batch, "found": np.array([True, False])}
+    loss_fn = objectives.adaptation_objective(a.static, uv_input, 0, adapt.paper_schedule()[3].terms(2),
+                                              objectives.ImageWeights(w_landmark=0.0), w_a2e=0.0)
+    grads = jax.grad(lambda p: loss_fn(p, lost, jax.random.PRNGKey(1), stats)[0])(params)
+    assert float(optax_norm(grads["head"])) == 0.0 and float(optax_norm(grads["a2e"])) > 0
 
 
 def optax_norm(tree):

@@ -34,6 +34,10 @@ def define_flags():
                          f"on the head (default: {adapt_defaults.CPU_UV_RESOLUTION} for --schedule=small, "
                          f"{adapt_defaults.PAPER_UV_RESOLUTION} for paper); the prior's generator output is "
                          "resampled to R", flag_values=fv)
+    flags.DEFINE_integer("inpainter_size", None, "the Body Inpainter runs at this size, a multiple of 16 <= "
+                         f"--image_size (default: {adapt_defaults.CPU_INPAINTER_SIZE} for --schedule=small, the "
+                         "prior's inpainter's training size; --image_size for paper); the head itself renders at "
+                         "--image_size", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "discard an avatar already in --workdir and adapt from the priors",
                          flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
@@ -51,7 +55,7 @@ def main(argv: list[str]) -> int:
                          "first")
     if fv.steps_per_stage is not None:
         cli_flags.positive("steps_per_stage", fv.steps_per_stage, 1, inclusive=True, integer=True)
-    for name in ("image_size", "uv_resolution"):
+    for name in ("image_size", "uv_resolution", "inpainter_size"):
         if fv[name].value is not None:
             cli_flags.positive(name, fv[name].value, 1, inclusive=True, integer=True)
     cli_flags.positive("minutes_scale", fv.minutes_scale)
@@ -69,7 +73,7 @@ def main(argv: list[str]) -> int:
     stages = (adapt.small_schedule(fv.steps_per_stage, **kw) if fv.schedule == "small"
               else adapt.paper_schedule(fv.minutes_scale, **kw))
     # The prior's own definition replaces the default one here (train.adapt); only the run-time choices count.
-    config = adapt.default_avatar_config(fv.schedule, fv.image_size, fv.uv_resolution)
+    config = adapt.default_avatar_config(fv.schedule, fv.image_size, fv.uv_resolution, fv.inpainter_size)
     summary = adapt.adapt(fv.data, fv.workdir, fv.priors, stages, adapt.AdaptConfig(batch_size=fv.batch_size),
                           avatar_config=config, progress=fv.progress, overwrite=fv.overwrite,
                           head=fv.head, landmark_embedding=fv.landmark_embedding)

@@ -53,6 +53,9 @@ UNLIMITED_STEPS = 10 ** 9
 # (R x R texels, nearly all bound: R = 128 gives 16k Gaussians on the open head) and steps per stage, sized
 # for 2 CPU cores (experiments/bench_fidelity.py); --schedule paper: GGTalker's 512 px avatar, 512 x 512 UV map.
 CPU_IMAGE_SIZE, CPU_UV_RESOLUTION, CPU_STEPS_PER_STAGE, CPU_LEARNING_RATE = 256, 128, 60, 3e-3
+# The Body Inpainter's size on a CPU: the bundled prior's inpainter was trained on 64 px frames (its
+# priors.json); run at 256 px it leaves the hole around the head dark (experiments/bench_fidelity.py).
+CPU_INPAINTER_SIZE = 64
 PAPER_IMAGE_SIZE, PAPER_UV_RESOLUTION = 512, 512
 
 
@@ -113,19 +116,25 @@ def small_schedule(steps: int | None = None, learning_rate: float = CPU_LEARNING
 
 
 def default_avatar_config(schedule: str = "small", image_size: int | None = None,
-                          uv_resolution: int | None = None) -> avatar_lib.AvatarConfig:
-    """The avatar's run-time choices for `ggtalker adapt`: frame size S and UV resolution R as given, else
-    the schedule's defaults (small: `CPU_IMAGE_SIZE` / `CPU_UV_RESOLUTION`; paper: 512 / 512). The prior's
-    definition replaces the config's own when adapting. Bad values are a UsageError naming the flag."""
+                          uv_resolution: int | None = None, inpainter_size: int | None = None
+                          ) -> avatar_lib.AvatarConfig:
+    """The avatar's run-time choices for `ggtalker adapt`: frame size S, UV resolution R and the Body
+    Inpainter's size as given, else the schedule's defaults (small: `CPU_IMAGE_SIZE` / `CPU_UV_RESOLUTION`
+    / `CPU_INPAINTER_SIZE`; paper: 512 / 512 / S). The prior's definition replaces the config's own when
+    adapting. Bad values are a UsageError naming the flag."""
     paper = schedule == "paper"
     s = image_size or (PAPER_IMAGE_SIZE if paper else CPU_IMAGE_SIZE)
     r = uv_resolution or (PAPER_UV_RESOLUTION if paper else CPU_UV_RESOLUTION)
+    n = inpainter_size or (s if paper else min(CPU_INPAINTER_SIZE, s))
     if s < 16 or s % 16:
         raise UsageError(f"--image_size {s}: must be a multiple of 16 (>= 16), e.g. 256 or 512")
     if not avatar_lib.MIN_UV_RESOLUTION <= r <= avatar_lib.MAX_UV_RESOLUTION:
         raise UsageError(f"--uv_resolution {r}: must be in [{avatar_lib.MIN_UV_RESOLUTION}, "
                          f"{avatar_lib.MAX_UV_RESOLUTION}] (R x R texels), e.g. 128 or 256")
-    return avatar_lib.AvatarConfig(image_size=s, uv_resolution=r)
+    if n < 16 or n % 16 or n > s:
+        raise UsageError(f"--inpainter_size {n}: must be a multiple of 16 (>= 16) and at most --image_size {s}, "
+                         "e.g. 64")
+    return avatar_lib.AvatarConfig(image_size=s, uv_resolution=r, inpainter_size=n)
 
 
 @dataclasses.dataclass(frozen=True)

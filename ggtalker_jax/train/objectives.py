@@ -53,7 +53,8 @@ class ImageWeights:
     """Weights of the image objectives.
 
     lambda_dssim: D-SSIM next to L1; mouth_weight: L1 weight of mouth pixels (1 = no emphasis);
-    w_head_render: the head render composited over the true frame, scored inside the head mask;
+    w_head_render: the head render composited over the true frame, scored inside the avatar's region (head
+      mask and rendered head, dilated: `avatar.inpaint_region`);
     w_offset (max_offset) / w_scale (max_scale): Gaussian offset and size regularisers (generator units;
     offsets of maps at another UV resolution than the prior's are measured in the prior's texels);
     exclude_lost_faces: frames where MediaPipe lost the face are no photometric targets;
@@ -142,9 +143,12 @@ def _image_terms(out: dict, batch: dict, uv_maps: dict, weights: ImageWeights,
     mouth = batch.get("mouth_mask")
     l_img, parts = losses.photometric_loss(out["image"], gt, mouth_mask=mouth, mouth_weight=weights.mouth_weight,
                                            lambda_dssim=weights.lambda_dssim, sample_weight=found)
+    # The head render over black on the head, over the true frame around it, scored over the avatar's whole
+    # region: the head must cover the head mask, and Gaussians drawn beyond it (a mesh larger than the
+    # person's silhouette) pay for hiding the true background.
     head_comp = out["head_rgb"] + (1.0 - out["head_alpha"]) * gt * (1.0 - head_masks)
     l_head, _ = losses.photometric_loss(head_comp, gt, mouth_mask=mouth, mouth_weight=weights.mouth_weight,
-                                        lambda_dssim=weights.lambda_dssim, valid_mask=head_masks,
+                                        lambda_dssim=weights.lambda_dssim, valid_mask=out["inpaint_mask"],
                                         sample_weight=found)
     total = l_img + weights.w_head_render * l_head
     if weights.w_offset:
@@ -199,8 +203,9 @@ class AdaptationTerms:
     stages 4-5: half the rendered frames (the even rows of the batch; with a batch of one, every other step
     at random) show expressions the A2E generates from the window's audio, from noise in
     `render_diffusion_steps` DDIM steps with the gradient through the last one, so the image loss shapes
-    the A2E; the other frames show the tracked expressions plus the per-frame corrections, which so keep
-    learning; landmarks: the landmark term on the tracked (corrected) head (stages that train the head).
+    the A2E (the head parameters get no gradient from those rows); the other frames show the tracked
+    expressions plus the per-frame corrections, which so keep learning; landmarks: the landmark term on
+    the tracked (corrected) head (stages that train the head).
     """
     photometric: bool = True
     a2e: bool = False
@@ -260,8 +265,16 @@ def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: in
                                               expr_dim=a2e_config.expr_dim)
                 generated = norm.denormalize(z)[rows, batch["render_pos"]]
                 gen_rows = rows % 2 == 0 if b > 1 else jax.random.bernoulli(k_row, 0.5, (b,))
-                frame = {**tracked, "expression53": jnp.where(gen_rows[:, None], generated, expr)}
-                vertices = avatar_lib.posed_vertices(static, head["shape"], frame)
+                # The generated rows teach the A2E only: the head (shape, pose corrections) they are posed
+                # with is held fixed there, or the image loss would bend the head to fit a wrong mouth.
+                fixed = jax.lax.stop_gradient(head)
+                posed = avatar_lib.corrected_pose(fixed, {**tracked, "global_rot": batch["global_rot"],
+                                                          "translation": batch["translation"],
+                                                          "expression53": generated}, idx)
+                generated_vertices = avatar_lib.posed_vertices(static, fixed["shape"], posed)
+                frame = {k: jnp.where(gen_rows.reshape((b,) + (1,) * (v.ndim - 1)), posed[k], v)
+                         for k, v in tracked.items()}
+                vertices = jnp.where(gen_rows[:, None, None], generated_vertices, tracked_vertices)
                 metrics["a2e_render_expr_err"] = jnp.mean(jnp.square(generated - batch["expression53"]))
             uv_maps = avatar_lib.generate_uv_maps(full, static, uv_input)
             out = avatar_lib.render_frames(full, static, uv_maps, frame, batch["K"][0], batch["frame"],
