@@ -702,8 +702,9 @@ def inpaint_frames(params: dict, static: AvatarStatic, heads: dict, frames, head
     the render. Inside that region the avatar is the render over the inpainter's output by the render's
     alpha (`AvatarConfig.composite` "render_over_inpainter"; "inpainter": the inpainter's output alone),
     feathered towards the region's border; outside it the result is the original frame exactly
-    (GGTalker's inpainter blends at the head boundary; body and background stay the video's). Returns `heads` plus `image` [B, H, W, 3], `inpaint_mask` [B, H, W, 1]
-    (the region) and `inpaint_blend` [B, H, W, 1]; with train=True (prior training: BatchNorm on batch
+    (GGTalker's inpainter blends at the head boundary; body and background stay the video's). Returns
+    `heads` plus `image` [B, H, W, 3], `inpaint_mask` [B, H, W, 1] (the region) and `inpaint_blend`
+    [B, H, W, 1]; with train=True (prior training: BatchNorm on batch
     statistics) also `inpainter_stats`, the updated statistics.
     """
     cfg = static.config
@@ -714,20 +715,20 @@ def inpaint_frames(params: dict, static: AvatarStatic, heads: dict, frames, head
     variables = {"params": params["inpainter"], "batch_stats": params["inpainter_stats"]}
     b, s = frames.shape[0], frames.shape[1]
     n = cfg.inpainter_resolution
-    if n < s:       # the inpainter at its own size: region kept where any of it falls in a low-res pixel
-        down = lambda x: jax.image.resize(x, (b, n, n, x.shape[-1]), "linear", antialias=True)  # noqa: E731
-        low_mask = (down(mask) > 0).astype(frames.dtype)
-        args = (jnp.clip(down(head_rgb), 0.0, 1.0), down(alphas), down(head_feat) if fr else None,
-                down(frames) * (1.0 - low_mask), low_mask)
-    else:
-        args = (jnp.clip(head_rgb, 0.0, 1.0), alphas, head_feat if fr else None, frames * (1.0 - mask), mask)
+
+    def to_inpainter(x):        # the inpainter at its own size (antialiased downsampling), or as is
+        return x if n == s else jax.image.resize(x, (b, n, n, x.shape[-1]), "linear", antialias=True)
+
+    low_mask = mask if n == s else (to_inpainter(mask) > 0).astype(frames.dtype)   # where any region falls
+    args = (jnp.clip(to_inpainter(head_rgb), 0.0, 1.0), to_inpainter(alphas),
+            to_inpainter(head_feat) if fr else None, to_inpainter(frames) * (1.0 - low_mask), low_mask)
     out = {**heads, "inpaint_mask": mask, "inpaint_blend": blend}
     if train:
         inpainted, updates = inp.apply(variables, *args, train=True, mutable=["batch_stats"])
         out["inpainter_stats"] = updates["batch_stats"]
     else:
         inpainted = inp.apply(variables, *args, train=False)
-    if n < s:
+    if n != s:
         inpainted = jax.image.resize(inpainted, (b, s, s, 3), "linear")
     if cfg.composite == "render_over_inpainter":       # head_rgb is premultiplied (rendered over black)
         inpainted = head_rgb + (1.0 - alphas) * inpainted

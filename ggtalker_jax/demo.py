@@ -10,14 +10,12 @@ Writes DIR/subject (prepared data), DIR/priors (when trained here), DIR/workdir 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 
 def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prior_steps: int = 400,
              image_size: int = 256, seed: int = 0, progress: bool = True, uv_resolution: int = 128) -> dict:
-    from ggtalker_jax import avatar as avatar_lib
     from ggtalker_jax import priors as priors_lib
     from ggtalker_jax.audio import io as audio_io
     from ggtalker_jax.data import default_subject
@@ -34,8 +32,7 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     print(f"[1/4] default subject: {subject} ({times['subject_s']:.1f} s)")
 
     t0 = time.perf_counter()
-    avatar_cfg = dataclasses.replace(adapt_lib.default_avatar_config("small", image_size, uv_resolution),
-                                     prior=avatar_lib.AvatarConfig.small().prior)      # as `ggtalker adapt`
+    avatar_cfg = adapt_lib.default_avatar_config("small", image_size, uv_resolution)     # as `ggtalker adapt`
     priors_dir = None
     bundled = os.path.join(priors_lib.BUNDLED, priors_lib.WEIGHTS)
     if not os.path.exists(bundled) or not priors_lib.same_networks(priors_lib.read_prior_config(priors_lib.BUNDLED)[0],

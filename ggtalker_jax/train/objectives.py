@@ -267,11 +267,8 @@ def adaptation_objective(static: avatar_lib.AvatarStatic, uv_input, style_id: in
                 gen_rows = rows % 2 == 0 if b > 1 else jax.random.bernoulli(k_row, 0.5, (b,))
                 # The generated rows teach the A2E only: the head (shape, pose corrections) they are posed
                 # with is held fixed there, or the image loss would bend the head to fit a wrong mouth.
-                fixed = jax.lax.stop_gradient(head)
-                posed = avatar_lib.corrected_pose(fixed, {**tracked, "global_rot": batch["global_rot"],
-                                                          "translation": batch["translation"],
-                                                          "expression53": generated}, idx)
-                generated_vertices = avatar_lib.posed_vertices(static, fixed["shape"], posed)
+                posed = {**jax.lax.stop_gradient(tracked), "expression53": generated}
+                generated_vertices = avatar_lib.posed_vertices(static, jax.lax.stop_gradient(head["shape"]), posed)
                 frame = {k: jnp.where(gen_rows.reshape((b,) + (1,) * (v.ndim - 1)), posed[k], v)
                          for k, v in tracked.items()}
                 vertices = jnp.where(gen_rows[:, None, None], generated_vertices, tracked_vertices)
