@@ -121,3 +121,51 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
             {"w": jnp.zeros((2,))}, trainer.make_optimizer(cfg), 0))
     assert all(math.isfinite(v) for v in np.asarray(state.params["w"]))
     assert meta["data"] == {"i": 5}
+
+
+def test_row_sparse_adam_is_adam_on_dense_gradients():
+    import optax
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    ours, ref = trainer.row_sparse_adam(1e-2), optax.adam(1e-2)
+    s1, s2, y1, y2 = ours.init(x), ref.init(x), x, x
+    for i in range(6):
+        g = jnp.sin(jnp.arange(12.0).reshape(4, 3) * 0.7 + i) + 0.05
+        u1, s1 = ours.update(g, s1, y1)
+        u2, s2 = ref.update(g, s2, y2)
+        y1, y2 = y1 + u1, y2 + u2
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), rtol=0, atol=1e-6)
+
+
+def test_per_row_parameters_move_only_where_the_batch_touched_them():
+    """The per-frame rows a batch did not touch keep their value (dense Adam moves them on momentum), a
+    touched row's first step is -lr * scale * sign(g), and frozen groups and clipping are as before."""
+    import optax
+    params = {"head": {"rows": jnp.zeros((5, 2)), "shape": jnp.ones(3)}, "other": {"w": jnp.ones(2)}}
+    cfg = trainer.TrainConfig(num_steps=10, learning_rate=0.1, warmup_steps=0, final_lr_fraction=1.0,
+                              weight_decay=0.0, trainable=("head",), per_row=("head/rows",), per_row_lr_scale=0.5)
+    assert trainer.param_labels(params, cfg.trainable, cfg.per_row) == {
+        "head": {"rows": "per_row", "shape": "train"}, "other": {"w": "frozen"}}
+    opt = trainer.make_optimizer(cfg)
+    state = opt.init(params)
+    g = jax.tree.map(jnp.zeros_like, params)
+    g["head"]["rows"] = g["head"]["rows"].at[1].set(jnp.array([2.0, -3.0]))
+    g["head"]["shape"] = jnp.full(3, 0.5)
+    g["other"]["w"] = jnp.ones(2)
+    upd, state = opt.update(g, state, params)
+    np.testing.assert_allclose(np.asarray(upd["head"]["rows"][1]), [-0.05, 0.05], rtol=1e-5)
+    assert not np.any(np.asarray(upd["head"]["rows"])[[0, 2, 3, 4]])
+    assert not np.any(np.asarray(upd["other"]["w"]))
+    # the next batch touches row 3 only: row 1 stays where it is
+    g2 = jax.tree.map(jnp.zeros_like, params)
+    g2["head"]["rows"] = g2["head"]["rows"].at[3].set(jnp.array([1.0, 1.0]))
+    upd2, state = opt.update(g2, state, params)
+    assert not np.any(np.asarray(upd2["head"]["rows"])[[0, 1, 2, 4]])
+    np.testing.assert_allclose(np.asarray(upd2["head"]["rows"][3]), [-0.05, -0.05], rtol=1e-5)
+    # what dense Adam does with the same gradients: row 1 moves again on the second step
+    dense = optax.adam(0.05)
+    s = dense.init(params["head"]["rows"])
+    _, s = dense.update(g["head"]["rows"], s)
+    u, _ = dense.update(g2["head"]["rows"], s)
+    assert np.all(np.abs(np.asarray(u[1])) > 1e-3)
+    with pytest.raises(ValueError, match="no parameters"):
+        trainer.param_labels(params, ("head",), ("head/missing",))

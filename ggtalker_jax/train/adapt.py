@@ -57,6 +57,10 @@ CPU_IMAGE_SIZE, CPU_UV_RESOLUTION, CPU_STEPS_PER_STAGE, CPU_LEARNING_RATE = 256,
 # priors.json); run at 256 px it leaves the hole around the head dark (experiments/bench_fidelity.py).
 CPU_INPAINTER_SIZE = 64
 PAPER_IMAGE_SIZE, PAPER_UV_RESOLUTION = 512, 512
+# The identity's per-frame corrections [T, k]: each step's batch touches a few of their rows, so they learn
+# row by row (`trainer.row_sparse_adam`); with dense Adam every frame ever sampled kept drifting on stale
+# momentum, 20 px off its landmarks after stage 2, and the shared maps learned from mis-posed frames.
+PER_FRAME_PARAMS = ("head/expr_delta", "head/pose_delta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +153,16 @@ class AdaptConfig:
     a2e: objectives.A2EWeights = objectives.A2EWeights()
     uv_init: avatar_lib.UVInit = avatar_lib.UVInit()   # how the UV refinement starts (`avatar.initial_uv_delta`)
     texture_frames: int = 8             # training frames whose colours start the texture (0: the prior's)
+    per_frame_lr_scale: float = 0.1     # learning rate of the per-frame corrections (PER_FRAME_PARAMS) relative
+                                        # to the stage's (tracking is already within ~1 px)
     checkpoint_every: int = 50          # steps between checkpoints of a running stage
     seed: int = 0
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise UsageError(f"adapt: batch size must be >= 1, got {self.batch_size}")
+        if not (self.per_frame_lr_scale >= 0 and np.isfinite(self.per_frame_lr_scale)):
+            raise UsageError(f"adapt: per_frame_lr_scale must be a finite number >= 0, got {self.per_frame_lr_scale}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -186,7 +194,8 @@ def run_stage(static: avatar_lib.AvatarStatic, subject: dataset_lib.SubjectView,
     tc = trainer.TrainConfig(num_steps=stage.steps or UNLIMITED_STEPS, learning_rate=stage.learning_rate,
                              warmup_steps=0, final_lr_fraction=1.0, weight_decay=0.0, grad_clip_norm=1.0,
                              checkpoint_every=cfg.checkpoint_every, keep_checkpoints=1, log_every=1,
-                             seed=cfg.seed + index, trainable=stage.trainable, max_seconds=60.0 * stage.minutes)
+                             seed=cfg.seed + index, trainable=stage.trainable, max_seconds=60.0 * stage.minutes,
+                             per_row=PER_FRAME_PARAMS, per_row_lr_scale=cfg.per_frame_lr_scale)
     data = subject_loader(subject, static, cfg, seed=cfg.seed * 1000 + index)
     t0 = time.monotonic()
     with TrainLogger(run_dir, stage.steps, progress=progress, desc=f"adapt {stage.name}") as logger:

@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import flax.struct
 import jax
@@ -59,6 +59,11 @@ class TrainConfig:
       ``learning_rate * final_lr_fraction`` at ``num_steps`` (1.0: constant after the warmup).
     trainable: the top-level parameter groups the optimizer updates (None: all); the rest stay exactly
       as they are.
+    per_row: parameters ("group/name") whose leading axis indexes examples (an identity's per-frame
+      corrections, [T, k]): each batch touches a few rows, so they learn by `row_sparse_adam` (a row the
+      batch did not touch keeps its value and moments) at ``learning_rate * per_row_lr_scale``, outside
+      the global-norm clipping. Dense Adam would move every row each step on stale momentum, and a row
+      seen once gets a step of ~lr / sqrt(1 - b2) (30x) from its nearly empty second moment.
     grad_clip_norm: global-norm clipping of the trained groups' gradients (<= 0 disables).
     checkpoint_every: save every this many steps (and at the end); keep_checkpoints: how many to keep.
     log_every / sample_every: scalar logging and sample-hook periods in steps (0 disables sampling).
@@ -77,6 +82,8 @@ class TrainConfig:
     seed: int = 0
     trainable: tuple[str, ...] | None = None
     max_seconds: float | None = None
+    per_row: tuple[str, ...] = ()
+    per_row_lr_scale: float = 1.0
 
     def __post_init__(self):
         if self.num_steps < 1:
@@ -87,6 +94,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: learning_rate must be a finite number > 0, got {self.learning_rate}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"TrainConfig: max_seconds must be > 0, got {self.max_seconds}")
+        if not (self.per_row_lr_scale >= 0 and math.isfinite(self.per_row_lr_scale)):
+            raise ValueError(f"TrainConfig: per_row_lr_scale must be a finite number >= 0, got {self.per_row_lr_scale}")
+        bad = [p for p in self.per_row if p.count("/") != 1]
+        if bad:
+            raise ValueError(f"TrainConfig: per_row names parameters as 'group/name', got {bad}")
 
 
 @flax.struct.dataclass
@@ -116,31 +128,92 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
         end_value=config.learning_rate * config.final_lr_fraction)
 
 
-def param_labels(params: Any, trainable: tuple[str, ...] | None) -> Any:
-    """"train" / "frozen" per leaf, by top-level group name (all "train" when `trainable` is None)."""
-    if trainable is None:
+def param_labels(params: Any, trainable: tuple[str, ...] | None, per_row: tuple[str, ...] = ()) -> Any:
+    """"train" / "frozen" / "per_row" per leaf: by top-level group name (all "train" when `trainable` is
+    None); the trained leaves named in `per_row` ("group/name") are "per_row"."""
+    if trainable is None and not per_row:
         return jax.tree.map(lambda _: "train", params)
     if not isinstance(params, dict):
         raise ValueError("TrainConfig.trainable names parameter groups, but the parameters are not a dict")
-    unknown = set(trainable) - set(params)
+    unknown = set(trainable or ()) - set(params)
     if unknown:
         raise ValueError(f"TrainConfig.trainable: unknown parameter groups {sorted(unknown)}; the parameters "
                          f"have {sorted(params)}")
-    return {k: jax.tree.map(lambda _, k=k: "train" if k in trainable else "frozen", v) for k, v in params.items()}
+    missing = [p for p in per_row if p.split("/")[0] not in params
+               or not isinstance(params[p.split("/")[0]], dict) or p.split("/")[1] not in params[p.split("/")[0]]]
+    if missing:
+        raise ValueError(f"TrainConfig.per_row: no parameters {missing}")
+    rows = {tuple(p.split("/")) for p in per_row}
+
+    def label(group: str, path, _) -> str:
+        if trainable is not None and group not in trainable:
+            return "frozen"
+        name = getattr(path[0], "key", None) if path else None
+        return "per_row" if (group, name) in rows else "train"
+
+    return {k: jax.tree_util.tree_map_with_path(lambda path, x, k=k: label(k, path, x), v)
+            for k, v in params.items()}
+
+
+class RowSparseAdamState(NamedTuple):
+    """count [] int32 (steps taken: the schedule's); rows: per leaf [T] int32 (updates of each row); mu, nu:
+    per leaf, the moments (shaped like the parameter)."""
+    count: jax.Array
+    rows: Any
+    mu: Any
+    nu: Any
+
+
+def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999,
+                    eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adam for parameters [T, ...] whose rows are examples ("lazy" Adam): a row whose gradient is exactly
+    zero (the batch did not touch it) keeps its value and its moments; a touched row takes Adam's step with
+    the bias correction of its own number of updates (its first step is -lr * sign(g), as Adam's first).
+    On a parameter every batch touches in full it is `optax.adam`."""
+    schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+    def init(params):
+        return RowSparseAdamState(count=jnp.zeros((), jnp.int32),
+                                  rows=jax.tree.map(lambda p: jnp.zeros(p.shape[:1], jnp.int32), params),
+                                  mu=jax.tree.map(jnp.zeros_like, params), nu=jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None):
+        lr = schedule(state.count)
+
+        def one(g, n, m, v):
+            touched = jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
+            n = n + touched.astype(n.dtype)
+            t = touched.reshape((-1,) + (1,) * (g.ndim - 1))
+            m = jnp.where(t, b1 * m + (1 - b1) * g, m)
+            v = jnp.where(t, b2 * v + (1 - b2) * jnp.square(g), v)
+            k = jnp.maximum(n, 1).astype(g.dtype).reshape(t.shape)
+            step = (m / (1 - b1 ** k)) / (jnp.sqrt(v / (1 - b2 ** k)) + eps)
+            return jnp.where(t, -lr * step, 0.0).astype(g.dtype), n, m, v
+
+        out = jax.tree.map(one, grads, state.rows, state.mu, state.nu)
+        treedef = jax.tree.structure(grads)
+        leaves = treedef.flatten_up_to(out)
+        unzip = [treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(4)]
+        return unzip[0], RowSparseAdamState(state.count + 1, unzip[1], unzip[2], unzip[3])
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(config: TrainConfig, params: Any = None) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW on the warmup + cosine schedule, applied to the trainable groups;
-    the frozen groups get exactly zero updates (``optax.set_to_zero``)."""
+    the frozen groups get exactly zero updates (``optax.set_to_zero``); the `per_row` parameters learn by
+    `row_sparse_adam` on the same schedule times ``per_row_lr_scale``."""
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay))
     inner = optax.chain(*parts)
-    if config.trainable is None:
+    if config.trainable is None and not config.per_row:
         return inner
-    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()},
-                                 lambda p: param_labels(p, config.trainable))
+    schedule = learning_rate_schedule(config)
+    per_row = row_sparse_adam(lambda step: config.per_row_lr_scale * schedule(step))
+    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero(), "per_row": per_row},
+                                 lambda p: param_labels(p, config.trainable, config.per_row))
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int,
