@@ -247,6 +247,12 @@ def eye_motion(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np.ndar
     return np.asarray(expr, np.float32), poses
 
 
+def with_head_reach(adapted: Adapted, reach: int) -> Adapted:
+    """`adapted` whose rendered head may claim `reach` pixels beyond the borrowed frames' head masks."""
+    config = dataclasses.replace(adapted.static.config, head_reach=reach)
+    return dataclasses.replace(adapted, static=dataclasses.replace(adapted.static, config=config))
+
+
 def render_sequence(adapted: Adapted, expr: np.ndarray, poses: dict, src_idx: np.ndarray,
                     batch_size: int = 8, progress: bool = False) -> Iterator[np.ndarray]:
     """Renders frames in batches: expr [T, 53], poses {key: [T, k]}, src_idx [T] (the subject frame whose
@@ -283,6 +289,8 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     t0 = time.perf_counter()
     wav, sr = audio_io.load_audio(audio_path, sr=16000)
     adapted = load_adapted(workdir, data_dir, head, landmark_embedding)
+    if opts.pose not in ("video", "static"):     # poses the frames' head masks were not recorded with
+        adapted = with_head_reach(adapted, adapted.static.config.posed_head_reach())
     subject = adapted.subject
     num = audio_features.num_video_frames(wav.size, sr, subject.fps)
     if num < 1:

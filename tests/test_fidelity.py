@@ -123,6 +123,30 @@ def test_the_head_is_composited_by_its_alpha_over_the_inpainters_output(subject_
         dataclasses.replace(static.config, composite="over")
 
 
+def test_the_head_claims_only_the_frames_head_mask_unless_given_reach():
+    """At the default reach the region is the frame's head mask dilated, whatever the head renders beyond
+    it (skull, neck over the collar); with reach the rendered head extends it within that many pixels."""
+    s, dilation = 32, 2
+    head_mask = jnp.zeros((1, s, s, 1)).at[:, 8:20, 8:20].set(1.0)
+    alpha = jnp.zeros((1, s, s, 1)).at[:, 8:30, 8:20].set(1.0)        # a neck drawn down to the frame edge
+    config = avatar_lib.AvatarConfig(image_size=s)
+    assert config.mask_reach == 0
+    region, blend = avatar_lib.inpaint_region(head_mask, alpha, dilation, config.mask_reach)
+    want = np.zeros((s, s), bool)
+    want[8 - dilation:20 + dilation, 8 - dilation:20 + dilation] = True
+    np.testing.assert_array_equal(np.asarray(region)[0, ..., 0] > 0, want)
+    assert float(blend.max()) == 1.0 and not np.any(np.asarray(blend)[0, ..., 0][~want])
+    reached, _ = avatar_lib.inpaint_region(head_mask, alpha, dilation, 4)
+    rows = np.flatnonzero(np.asarray(reached)[0, :, 14, 0])
+    assert rows.max() == 19 + 4 + dilation          # the neck claims 4 pixels below the mask, then the dilation
+    # Posed from a user's file the head may reach S / 10; avatars recorded before head_reach keep S / 10.
+    assert config.posed_head_reach() == max(2, round(s / 10))
+    old = avatar_lib.AvatarConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "head_reach"})
+    assert old.head_reach == max(2, round(s / 10))
+    with pytest.raises(ValueError, match="head_reach"):
+        avatar_lib.AvatarConfig(image_size=s, head_reach=-1)
+
+
 def test_head_gaussians_beyond_the_head_mask_pay_in_the_head_term():
     s = 16
     gt = jnp.full((1, s, s, 3), 0.5)
