@@ -12,6 +12,15 @@ clip for the peak-memory target) and reports its peak RSS.
 
 Each run is the CLI as a user runs it (child processes running `ggtalker_jax.cli.main`); note the machine's
 load (`uptime`, printed) next to any wall time.
+
+Measured (CLI defaults: 256 px, R = 128 / 16,192 Gaussians, 5 x 60 steps; prepare 512; 2 CPU cores, load ~2;
+`--max_test_frames 24`), 2026-12-02:
+
+    clip                  adapt s  RSS GB   PSNR   SSIM   LMD  mouth r   what changed
+    retalking_face1_6s       486    3.71   25.77  0.863  3.68   -0.05    (before the two below)
+    retalking_face1_6s       558    3.71   26.97  0.885  2.33    0.17    per-frame corrections row-sparse
+    retalking_face1_6s       392    3.59   30.89  0.937  2.11    0.03    + head_reach 0
+    german_anchor_20s        501    3.61   27.57  0.887  1.79    0.48    both
 """
 import json
 import os
