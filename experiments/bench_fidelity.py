@@ -21,6 +21,7 @@ Measured (CLI defaults: 256 px, R = 128 / 16,192 Gaussians, 5 x 60 steps; prepar
     retalking_face1_6s       558    3.71   26.97  0.885  2.33    0.17    per-frame corrections row-sparse
     retalking_face1_6s       392    3.59   30.89  0.937  2.11    0.03    + head_reach 0
     german_anchor_20s        501    3.61   27.57  0.887  1.79    0.48    both
+    german_anchor_20s        982    3.63   27.87  0.896  2.04    0.34    both, --steps_per_stage 120 (load ~4)
 """
 import json
 import os

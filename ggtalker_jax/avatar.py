@@ -147,8 +147,9 @@ class AvatarConfig:
       (`inpaint_region`). 0 (default): the head mask of the frame whose body and background are used
       bounds the head, right whenever the pose is that frame's (adaptation, evaluation, `--pose video`):
       the head model's skull and neck reach beyond a real head's silhouette, and drawn there they hid the
-      true background and collar (retalking_face1_6s: held-out PSNR 27.8 dB at S / 10, 29.9 at 0, same
-      avatar). A pose the frames were not recorded with (`--pose FILE`) needs more (`posed_head_reach`).
+      true background and collar (retalking_face1_6s, test frames with their tracked expressions: PSNR
+      27.8 dB at S / 10, 29.9 at 0, same avatar). A pose the frames were not recorded with (`--pose FILE`)
+      needs more (`posed_head_reach`).
     backend: rasterizer backend (`ggtalker_jax.render.rasterization`'s; "xla" is the dense reference).
     composite: how the avatar's region of a frame is made (`inpaint_frames`): "render_over_inpainter" (the
       rendered head by its own alpha over the Body Inpainter's output, which fills what the head does not
