@@ -133,6 +133,12 @@ A2E_FIELDS = ("a2e_window", "a2e_context", "audio", "expr_mean", "expr_std")
 COMPOSITES = ("render_over_inpainter", "inpainter")
 
 
+def wide_head_reach(image_size: int) -> int:
+    """S / 10 pixels (at least 2): how far a rendered head may reach beyond a head mask recorded in another
+    pose (`AvatarConfig.posed_head_reach`), and every avatar's reach before `AvatarConfig.head_reach`."""
+    return max(2, round(image_size / 10))
+
+
 @dataclasses.dataclass(frozen=True)
 class AvatarConfig:
     """One avatar: its prior's definition plus run-time choices. `small()` runs on a CPU in seconds;
@@ -211,14 +217,9 @@ class AvatarConfig:
         """The size the Body Inpainter runs at (`inpainter_size`, at most the frame size S)."""
         return min(self.inpainter_size or self.image_size, self.image_size)
 
-    @property
-    def mask_reach(self) -> int:
-        """Pixels beyond the head mask the rendered head may still claim (`inpaint_region`)."""
-        return self.head_reach
-
     def posed_head_reach(self) -> int:
         """The reach for poses the frames were not recorded with (a user's pose file): S / 10."""
-        return max(self.head_reach, max(2, round(self.image_size / 10)))
+        return max(self.head_reach, wide_head_reach(self.image_size))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -233,7 +234,7 @@ class AvatarConfig:
         fields = {f.name for f in dataclasses.fields(AvatarConfig)} - {"prior"}
         d.setdefault("composite", "inpainter")      # recorded before the choice existed: as they rendered then
         if "head_reach" not in d:                   # likewise: the reach was S / 10 then
-            d["head_reach"] = max(2, round(int(d.get("image_size", 64)) / 10))
+            d["head_reach"] = wide_head_reach(int(d.get("image_size", 64)))
         return AvatarConfig(prior=prior, **{k: v for k, v in d.items() if k in fields})
 
     @staticmethod
@@ -725,7 +726,7 @@ def inpaint_frames(params: dict, static: AvatarStatic, heads: dict, frames, head
     """
     cfg = static.config
     alphas, head_rgb, head_feat = heads["head_alpha"], heads["head_rgb"], heads["head_features"]
-    mask, blend = inpaint_region(head_masks, alphas, cfg.mask_dilation, cfg.mask_reach)
+    mask, blend = inpaint_region(head_masks, alphas, cfg.mask_dilation, cfg.head_reach)
     _, _, _, inp = networks(cfg)
     fr = cfg.models.inpainter.render_feature_dim
     variables = {"params": params["inpainter"], "batch_stats": params["inpainter_stats"]}

@@ -43,6 +43,9 @@ MAX_GAZE_RADIANS = 0.8      # an eye turns up to about 45 degrees from straight 
 # --sweep measures the held-out mouth correlation of a prior over DDIM steps x guidance, to revisit them.
 DEFAULT_DIFFUSION_STEPS = 10
 DEFAULT_GUIDANCE = 1.0
+# `RenderOptions.pose` values that take each output frame's pose from the subject frame it borrows (or one
+# such frame): the borrowed head masks then match the pose. Anything else is a user's pose file.
+RECORDED_POSES = ("video", "static")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,9 +194,9 @@ def driving_poses(subject, num: int, opts: RenderOptions, head_params: dict | No
         mid = idx[0]
         poses = {k: np.repeat(t[k][mid:mid + 1], num, 0) for k in POSE_KEYS}
         idx = np.full(num, mid)
-    if head_params is not None and opts.pose in ("video", "static"):
+    if head_params is not None and opts.pose in RECORDED_POSES:
         poses = {k: np.asarray(v) for k, v in avatar_lib.corrected_pose(head_params, poses, idx).items()}
-    if opts.pose not in ("video", "static"):
+    if opts.pose not in RECORDED_POSES:
         user = load_pose_file(opts.pose)
         rows = pingpong_indices(num, 0, len(user["global_rot"]))
         poses.update({k: v[rows] for k, v in user.items()})
@@ -289,7 +292,7 @@ def render_video(workdir: str, audio_path: str, out_path: str, opts: RenderOptio
     t0 = time.perf_counter()
     wav, sr = audio_io.load_audio(audio_path, sr=16000)
     adapted = load_adapted(workdir, data_dir, head, landmark_embedding)
-    if opts.pose not in ("video", "static"):     # poses the frames' head masks were not recorded with
+    if opts.pose not in RECORDED_POSES:          # poses the frames' head masks were not recorded with
         adapted = with_head_reach(adapted, adapted.static.config.posed_head_reach())
     subject = adapted.subject
     num = audio_features.num_video_frames(wav.size, sr, subject.fps)

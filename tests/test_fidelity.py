@@ -130,8 +130,8 @@ def test_the_head_claims_only_the_frames_head_mask_unless_given_reach():
     head_mask = jnp.zeros((1, s, s, 1)).at[:, 8:20, 8:20].set(1.0)
     alpha = jnp.zeros((1, s, s, 1)).at[:, 8:30, 8:20].set(1.0)        # a neck drawn down to the frame edge
     config = avatar_lib.AvatarConfig(image_size=s)
-    assert config.mask_reach == 0
-    region, blend = avatar_lib.inpaint_region(head_mask, alpha, dilation, config.mask_reach)
+    assert config.head_reach == 0
+    region, blend = avatar_lib.inpaint_region(head_mask, alpha, dilation, config.head_reach)
     want = np.zeros((s, s), bool)
     want[8 - dilation:20 + dilation, 8 - dilation:20 + dilation] = True
     np.testing.assert_array_equal(np.asarray(region)[0, ..., 0] > 0, want)

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     if fv.frames_dir:
         cli_flags.writable_output_dir("frames_dir", fv.frames_dir)
 
-    from ggtalker_jax.infer import RenderOptions, load_gaze, load_pose_file, render_video
+    from ggtalker_jax.infer import RECORDED_POSES, RenderOptions, load_gaze, load_pose_file, render_video
 
     if fv.features:
         cli_flags.existing_file("features", fv.features, ".npy feature file")
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
                          guidance=fv.guidance, batch_size=fv.batch_size, seed=fv.seed, output_size=fv.output_size,
                          visible_watermark=fv.visible_watermark, features=fv.features, feature_fps=fv.feature_fps,
                          rest_in_pauses=fv.rest_in_pauses, gaze=fv.gaze)
-    if fv.pose not in ("video", "static"):
+    if fv.pose not in RECORDED_POSES:
         load_pose_file(fv.pose)                            # a bad pose file fails now, before any work
     if fv.gaze not in ("video", "camera"):
         load_gaze(fv.gaze, 1)                              # so does a bad gaze file

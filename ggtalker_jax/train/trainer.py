@@ -139,11 +139,10 @@ def param_labels(params: Any, trainable: tuple[str, ...] | None, per_row: tuple[
     if unknown:
         raise ValueError(f"TrainConfig.trainable: unknown parameter groups {sorted(unknown)}; the parameters "
                          f"have {sorted(params)}")
-    missing = [p for p in per_row if p.split("/")[0] not in params
-               or not isinstance(params[p.split("/")[0]], dict) or p.split("/")[1] not in params[p.split("/")[0]]]
+    rows = {tuple(p.split("/")) for p in per_row}
+    missing = sorted(f"{g}/{n}" for g, n in rows if not isinstance(params.get(g), dict) or n not in params[g])
     if missing:
         raise ValueError(f"TrainConfig.per_row: no parameters {missing}")
-    rows = {tuple(p.split("/")) for p in per_row}
 
     def label(group: str, path, _) -> str:
         if trainable is not None and group not in trainable:
