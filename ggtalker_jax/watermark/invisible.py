@@ -2,20 +2,25 @@
 
 Domain: the luma `Y = 0.299 R + 0.587 G + 0.114 B` of a frame `[H, W]` resized to the working canvas
 `[S, S]` (default 256), cut into 8x8 blocks, orthonormal DCT; a low/mid-frequency band of each block
-(`max(u, v) <= 3`, `2 <= u + v <= 4`: 10 coefficients, what H.264 at CRF 28 and a 0.5x rescale keep
-best) are the carriers, `M = (S / 8)^2 * 10` of them. Every
+(`max(u, v) <= 3`, `2 <= u + v <= 4`: 10 coefficients, what H.264 at CRF 28 keeps best, also after a
+0.5x rescale of a 512 px render; see the known limit below for 256 px) are the carriers, `M = (S / 8)^2 * 10` of them. Every
 carrier belongs to one codeword bit (public random interleaving, `carrier_layout`) with a public random
 chip sign. A bit's statistic in one frame is the weighted mean `p_k = sum_j w_j chip_j x_j / sum_j w_j`
-over its carriers, `w_j` = 1 / (typical size of band `(u, v)` in the frame) so that no band's host
-content dominates; the detector averages `p_k` over frames and decodes its signs.
+over its carriers (`carrier_weights`): `w_j` = the band's weight (1 / typical size of band `(u, v)` in the
+frame, so that no band's host content dominates) divided by `|x_j| + c` (x_j band-scaled, c = `host_clip`
+times its median), which bounds every carrier's host term, so the few carriers on strong edges no longer
+dominate a bit's host interference (mark format 3; format 2, written by earlier versions on the same
+carriers, used the band weights alone). The detector averages `p_k` over frames and decodes its signs.
 
 Embedding (`design_pattern` + `apply_pattern`) adds one fixed luma pattern `[S, S]` (resized to the frame)
 to every frame; a static pattern is what H.264 keeps best (skipped and predicted blocks carry it along).
 The pattern is designed on the first `design_frames` frames, informed by the host and by the re-encodes
 it must survive (`InvisibleConfig.simulate`, default H.264 CRF 28 and 0.5x + CRF 23):
   1. each simulated re-encode is run on the frames and on the frames plus a random probe pattern; the
-     probe's survival per 8x8 block is that block's gain `g_a` (flat blocks lose the mark, textured
-     blocks keep it), and the re-encoded clean frames give the host's statistic `h_a` after the attack;
+     probe's survival per (8x8 block, band), pooled over the 3x3 neighbouring blocks, is that carrier's
+     gain `g_a` (flat blocks lose the mark, textured blocks keep it; a rescale loses the higher bands
+     first), and the re-encoded clean frames give the host's statistic `h_a` after the attack, with the
+     weights the detector computes on them;
   2. carrier `j` of bit `k` gets `alpha_k * sign_k * chip_j * g_j * w_j` (matched to where the mark
      survives, `g` = the largest gain over the attacks); `alpha_k` is the least amplitude that lifts the
      bit's statistic to `tau` under every attack, unattacked, and on 75% corner crops (the host is
@@ -24,7 +29,8 @@ it must survive (`InvisibleConfig.simulate`, default H.264 CRF 28 and 0.5x + CRF
      convolutional code, `tau` is the largest that fits the energy budget `min_psnr_db`, and
      `top_ups` re-simulations top up bits that fell short.
 
-Detection (`detect_codeword`) is blind and key-free (the key signs the record): per-frame statistics at the
+Detection (`detect_codeword`) is blind and key-free (the key signs the record), first with the format-3
+weights and, when nothing decodes, with the format-2 ones (`mark_format` says which decoded): per-frame statistics at the
 identity alignment, averaged over all frames, Viterbi + CRC (at every alignment tried: first as they are,
 then each bit scaled by its reliability, `_aligned_soft`). When that fails it decodes sliding windows of
 `window` frames (a clip made of several marked pieces), and when nothing decodes it searches crops: for
@@ -33,6 +39,12 @@ the offset where the sync-word pattern correlates best, the frame-mean statistic
 alignments that decode (as found, then refined) and else the most coherent ones (refined) are decoded
 frame by frame with the missing blocks masked out. Band weights are measured on the canvas core that
 every 75% corner crop keeps (`weight_blocks`), so embedder and detector weigh the bands alike.
+
+Known limit (experiments/bench_watermark.py): a 256 px render rescaled 0.5x (128 px) and re-encoded at
+CRF 28 decodes on only some clips: there the mark's carriers lie near the 128 px frame's Nyquist limit,
+and the difference H.264 makes between the marked and the clean frames (per-carrier noise about twice
+the surviving mark) leaves too little signal at the 40 dB energy budget; 16x16 blocks (lower frequencies)
+and leaving the upper bands out of small frames' statistics were tried and were worse (host interference).
 """
 from __future__ import annotations
 
@@ -77,6 +89,8 @@ class InvisibleConfig:
     candidates_decoded: int = 4   # best-scoring crop alignments refined and decoded when identity fails
     min_sync_agreement: int = 13  # of 16 sync bits that must decode right to call a mark present
     window: int = 25              # frames per window when the whole clip does not decode as one mark
+    # embedder and detector
+    host_clip: float | None = 2.0  # carrier weights / (|x| + host_clip * median |x|); None: format 2 (`carrier_weights`)
 
     def __post_init__(self):
         if self.work_size % self.block:
@@ -212,6 +226,30 @@ def band_weights(planes: np.ndarray, block_weight: np.ndarray | None = None) -> 
     return (inverse / inverse.mean()).astype(np.float32)
 
 
+def carrier_weights(planes: np.ndarray, config: InvisibleConfig, block_full: np.ndarray | None = None) -> np.ndarray:
+    """Detector weight of every carrier [M] from the frame-mean band coefficients [nb, nb, K] of the
+    observed frames placed on the canvas (`block_full` [nb, nb]: the fully observed blocks, None = all).
+
+    `band_weights` (measured on `weight_blocks`) scale every band to a common size; then, unless
+    `config.host_clip` is None, each carrier is weighed by `1 / (|x_j| + c)` with `|x_j|` its band-scaled
+    magnitude and `c = host_clip * (median of |x_j|)`: a bit's statistic sums `chip_j x_j / (|x_j| + c)`,
+    whose host part is bounded per carrier, so the few carriers on strong edges (face contour, hair)
+    no longer dominate a bit's host interference (the natural host is heavy-tailed; this is the
+    locally optimal correlator for such hosts). The embedder designs with the same weights (matched:
+    more amplitude where the host is small), computed on the frames it simulates. host_clip None is the
+    plain band weighting that mark format 2 (earlier versions) was designed for."""
+    nb = planes.shape[0]
+    full = np.ones((nb, nb), np.float32) if block_full is None else (block_full > 0).astype(np.float32)
+    bands = band_weights(planes[None], weight_blocks(config, block_full))
+    weight = np.broadcast_to(bands, planes.shape) * full[:, :, None]
+    if config.host_clip is not None:
+        scaled = np.abs(planes) * bands
+        typical = float(np.median(scaled[full > 0])) if full.any() else 1.0
+        c = config.host_clip * typical + 1e-6
+        weight = weight / (scaled + c) * (c + typical)  # = the band weight for a carrier of median size
+    return np.asarray(weight, np.float64).reshape(-1)
+
+
 def weight_blocks(config: InvisibleConfig, block_full: np.ndarray | None = None) -> np.ndarray:
     """Blocks [nb, nb] (1 = used) that `band_weights` is measured on: the core of the canvas that every
     corner crop of `config.design_crops` keeps (blocks [nb - k, k) per axis, k = floor(nb * keep)), so
@@ -293,34 +331,39 @@ def design_pattern(frames: np.ndarray, codeword: np.ndarray, config: InvisibleCo
     nb = config.work_size // config.block
     n_band = len(config.band)
     host0, planes = _carrier_means(frames, config)
-    weight = np.tile(band_weights(planes, weight_blocks(config)), nb * nb).astype(np.float64)  # [M]
     del planes
+    full = carrier_weights(host0.reshape(nb, nb, n_band), config)  # [M]: as the detector weighs the frames
+
     rng = np.random.default_rng(config.seed + 1)
     probe = config.probe_amplitude * rng.choice(np.array([-1.0, 1.0]), size=layout.bit_of.size)
     probed = apply_pattern(frames, pattern_from_carriers(probe, config))
-    hosts, gains = [], []
+    hosts, gains, detector_weights = [], [], []
     for attack in config.simulate:
-        clean_after = _carrier_means(attack(frames), config)[0]
+        attacked = attack(frames)
+        clean_after = _carrier_means(attacked, config)[0]
         probe_after = _carrier_means(attack(probed), config)[0]
-        survived = ((probe_after - clean_after) * probe).reshape(nb * nb, n_band).sum(axis=1)
-        gain = np.clip(survived / (probe ** 2).reshape(nb * nb, n_band).sum(axis=1), 0.0, 1.0)
-        hosts.append(_bit_projection(clean_after, layout, weight))
-        gains.append(np.repeat(gain, n_band))
+        # survival per (block, band), pooled over the 3x3 neighbouring blocks (one block's carriers are few)
+        survived = cv2.boxFilter(((probe_after - clean_after) * probe).reshape(nb, nb, n_band), -1, (3, 3),
+                                 normalize=False, borderType=cv2.BORDER_REFLECT)
+        power = cv2.boxFilter((probe ** 2).reshape(nb, nb, n_band), -1, (3, 3), normalize=False,
+                              borderType=cv2.BORDER_REFLECT)
+        gains.append(np.clip(survived / power, 0.0, 1.0).reshape(-1))
+        detector_weights.append(carrier_weights(clean_after.reshape(nb, nb, n_band), config))
+        hosts.append(_bit_projection(clean_after, layout, detector_weights[-1]))
     del probed
     combine = {"mean": np.mean, "max": np.max}[config.gain_combine]
     g = np.maximum(combine(gains, axis=0) if gains else np.ones(layout.bit_of.size), config.gain_floor)
-    masks = [np.ones(layout.bit_of.size)] * len(gains)
     gains.append(np.ones(layout.bit_of.size))  # the unattacked video must decode too
-    hosts.append(_bit_projection(host0, layout, weight))
-    masks.append(np.ones(layout.bit_of.size))
+    detector_weights.append(full)
+    hosts.append(_bit_projection(host0, layout, full))
     for mask in _corner_crop_masks(config):  # and a corner crop of it: the host is cancelled on the rest
         gains.append(mask)
-        masks.append(mask)
-        hosts.append(_bit_projection(host0, layout, weight * mask))
-    responses = [np.maximum(np.bincount(layout.bit_of, weights=ga * g * weight ** 2, minlength=codeword.size)
-                            / np.maximum(np.bincount(layout.bit_of, weights=weight * m, minlength=codeword.size), 1e-9),
-                            1e-6) for ga, m in zip(gains, masks)]
-    shape = g * weight  # carrier amplitude per unit alpha (times chip and sign)
+        detector_weights.append(full * mask)
+        hosts.append(_bit_projection(host0, layout, full * mask))
+    shape = g * full  # carrier amplitude per unit alpha (times chip and sign)
+    responses = [np.maximum(np.bincount(layout.bit_of, weights=ga * shape * wa, minlength=codeword.size)
+                            / np.maximum(np.bincount(layout.bit_of, weights=wa, minlength=codeword.size), 1e-9),
+                            1e-6) for ga, wa in zip(gains, detector_weights)]
     budget = 255.0 ** 2 / 10.0 ** (config.min_psnr_db / 10.0) * config.work_size ** 2 - 0.1 * config.work_size ** 2
 
     def amplitudes(tau: float, extra: np.ndarray) -> np.ndarray:
@@ -344,8 +387,8 @@ def design_pattern(frames: np.ndarray, codeword: np.ndarray, config: InvisibleCo
     for _ in range(config.top_ups):  # re-simulate: lift the bits the linear model over-estimated
         marked = apply_pattern(frames, pattern(alpha))
         extra = np.zeros(codeword.size)
-        for attack, response in zip(config.simulate, responses):
-            reached = signs * _bit_projection(_carrier_means(attack(marked), config)[0], layout, weight)
+        for attack, response, wa in zip(config.simulate, responses, detector_weights):
+            reached = signs * _bit_projection(_carrier_means(attack(marked), config)[0], layout, wa)
             extra = np.maximum(extra, np.maximum(0.0, tau - reached) / response)
         alpha = np.minimum(alpha + extra, np.quantile(alpha + extra, config.give_up_quantile))
         alpha *= min(1.0, np.sqrt(budget / max(energy(alpha), 1e-9)))
@@ -387,6 +430,7 @@ class CodewordDetection:
     soft: np.ndarray
     raw_bit_error_rate: float
     confidence: float
+    mark_format: int = 3  # `mark_format` of the detector weighting that decoded (the config's when none did)
 
     @property
     def message(self) -> bytes | None:
@@ -396,9 +440,9 @@ class CodewordDetection:
 
 def frame_statistics(lumas: np.ndarray, config: InvisibleConfig, n_bits: int,
                      alignment: Alignment = IDENTITY) -> np.ndarray:
-    """Observed lumas [T, H, W] -> per-frame bit statistics [T, n_bits] at `alignment` (bands weighted by
-    `band_weights`, as the embedder designed them; per-band optimal weights would undo the host
-    cancellation, which holds for this combination only)."""
+    """Observed lumas [T, H, W] -> per-frame bit statistics [T, n_bits] at `alignment` (carriers weighted by
+    `carrier_weights` of the frame-mean coefficients, as the embedder designed them; other weights would
+    undo the host cancellation, which holds for this combination only)."""
     layout = carrier_layout(config, n_bits)
     nb, b = config.work_size // config.block, config.block
     planes, coverage = [], None
@@ -407,8 +451,7 @@ def frame_statistics(lumas: np.ndarray, config: InvisibleConfig, n_bits: int,
         planes.append(_band_planes(canvas, config))
     planes = np.stack(planes)
     block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
-    weight = (np.tile(band_weights(planes, weight_blocks(config, block_full)), nb * nb)
-              * np.repeat(block_full.reshape(-1), len(config.band)))
+    weight = carrier_weights(planes.mean(axis=0), config, block_full)
     return _bit_projection(planes.reshape(len(lumas), -1), layout, weight)
 
 
@@ -516,14 +559,13 @@ def _aligned_soft(mean_luma: np.ndarray, config: InvisibleConfig, layout: Carrie
     above 1 at the mark's alignment, comparable across scales - and each bit's reliability [n_bits]
     (mean 1): the inverse of `sum_j (w_j x_j)^2 / (sum_j w_j)^2`, the variance of its statistic if every
     carrier's error under a re-encode scaled with the content it carries (bits with fewer observed
-    carriers, or carriers in busy blocks, are noisier after a crop and a re-encode). Bands are weighted
-    by `band_weights` on `weight_blocks` of the mean luma (the frames' own median spread differs a little)."""
+    carriers, or carriers in busy blocks, are noisier after a crop and a re-encode). Carriers are weighted
+    by `carrier_weights` of the mean luma, as in `frame_statistics`."""
     nb, b = config.work_size // config.block, config.block
     canvas, coverage = to_canvas(mean_luma, config.work_size, alignment)
     planes = _band_planes(canvas, config)
     block_full = coverage.reshape(nb, b, nb, b).min(axis=(1, 3))
-    bands = band_weights(planes[None], weight_blocks(config, block_full))
-    weight = (np.tile(bands, nb * nb) * np.repeat(block_full.reshape(-1), len(config.band))).astype(np.float64)
+    weight = carrier_weights(planes, config, block_full)
     x = planes.reshape(-1).astype(np.float64)
     n_bits = layout.count.size
     den = np.maximum(np.bincount(layout.bit_of, weights=weight, minlength=n_bits), 1e-9)
@@ -595,9 +637,27 @@ def _search_alignments(lumas: np.ndarray, config: InvisibleConfig, layout: Carri
     return refined
 
 
+def mark_format(config: InvisibleConfig) -> int:
+    """Mark format of a config's detector weighting: 3 with `host_clip` carrier weights (this version), 2
+    with the plain band weights (host_clip None, what earlier versions designed for). The carriers are the
+    same, so a format-2 mark often decodes with the format-3 weights already (then 3 is reported)."""
+    return 2 if config.host_clip is None else 3
+
+
 def detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleConfig = InvisibleConfig(),
                     search_crops: bool = True) -> CodewordDetection:
-    """Blind detection in frames [T, H, W, 3] uint8 of codewords carrying `message_bytes` bytes."""
+    """Blind detection in frames [T, H, W, 3] uint8 of codewords carrying `message_bytes` bytes. When
+    nothing decodes with a format-3 config, the format-2 weighting (host_clip None) is tried too, so
+    videos marked by earlier versions stay detectable; `mark_format` says which one decoded."""
+    found = _detect_codeword(frames, message_bytes, config, search_crops)
+    if found.segments or config.host_clip is None:
+        return found
+    legacy = _detect_codeword(frames, message_bytes, dataclasses.replace(config, host_clip=None), search_crops)
+    return legacy if legacy.segments else found
+
+
+def _detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleConfig,
+                     search_crops: bool) -> CodewordDetection:
     frames = check_frames(frames)
     n_bits = coding.codeword_length(message_bytes)
     layout = carrier_layout(config, n_bits)
@@ -611,7 +671,7 @@ def detect_codeword(frames: np.ndarray, message_bytes: int, config: InvisibleCon
             segments = decode_segments(per_frame, message_bytes, config, reliability)
         soft = per_frame.mean(axis=0)
         raw_ber, confidence = _quality(per_frame, soft, segments[0].message if len(segments) == 1 else None)
-        return CodewordDetection(segments, alignment, soft, raw_ber, confidence)
+        return CodewordDetection(segments, alignment, soft, raw_ber, confidence, mark_format(config))
 
     best = at(IDENTITY)
     if best.segments or not search_crops:

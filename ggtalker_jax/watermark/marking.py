@@ -62,7 +62,9 @@ class DetectionResult:
     """status: VALID / NO_MARK / BAD_SIGNATURE / CONTENT_MISMATCH for the whole clip (the worst segment).
     payload: the metadata record's payload when it belongs to a segment and everything verified, else None.
     segments: the decoded pieces in frame order. bit_error_rate: per-frame raw (pre-aggregation) bit error
-    rate; confidence: SNR of the aggregated bits (whole clip). alignment: crop alignment used."""
+    rate; confidence: SNR of the aggregated bits (whole clip). alignment: crop alignment used. mark_format:
+    the detector weighting that decoded (`invisible.mark_format`: 3 = this version's, 2 = the band weighting
+    earlier versions designed for, tried when 3 finds nothing), None with no mark."""
     status: str
     reason: str
     payload: Payload | None
@@ -72,6 +74,7 @@ class DetectionResult:
     signature_alg: str = ""
     frames: int = 0
     alignment: invisible.Alignment = invisible.IDENTITY
+    mark_format: int | None = None  # weighting that decoded (`invisible.mark_format`); None: no mark
 
     @property
     def present(self) -> bool:
@@ -84,7 +87,7 @@ class DetectionResult:
     def to_json_dict(self) -> dict:
         sy, sx, oy, ox = self.alignment
         return {"present": self.present, "valid": self.valid, "status": self.status, "reason": self.reason,
-                "signature_alg": self.signature_alg, "frames_read": self.frames,
+                "signature_alg": self.signature_alg, "frames_read": self.frames, "mark_format": self.mark_format,
                 "bit_error_rate": round(self.bit_error_rate, 4), "confidence": round(self.confidence, 2),
                 "crop": None if self.alignment == invisible.IDENTITY else
                 {"kept_fraction": [sy, sx], "offset_working_px": [oy, ox]},
@@ -252,6 +255,7 @@ def detect_frames(frames: np.ndarray, key: Signer, record: SignedRecord | None =
                   frames=len(frames), alignment=found.alignment)
     if not found.segments:
         return DetectionResult(NO_MARK, "no ggtalker watermark found in the frames", None, (), **common)
+    common["mark_format"] = found.mark_format
     segments = tuple(_verify_segment(frames, s, key, record, found.alignment, config) for s in found.segments)
     for status in (BAD_SIGNATURE, CONTENT_MISMATCH):
         bad = [s for s in segments if s.status == status]
