@@ -26,6 +26,7 @@ Measured (CLI defaults then: 256 px, R = 128 / 16,192 Gaussians, 5 x 60 steps at
     german_anchor_20s        873    3.63   27.73  0.886  1.77    0.53    both, --uv_resolution 192 (load ~4)
     german_anchor_20s        506    3.63   29.67  0.917  1.79    0.53    + stage 1 at 0.1 (was 3e-3)
     german_anchor_20s        636    3.52   30.30  0.924  1.76    0.54    + stage 1 120 steps (load ~3.5)
+    retalking_face1_6s       760    3.60   31.24  0.953  2.13   -0.02    the same defaults (load ~3.5)
 
 The last row is the CLI's defaults now (stage 1: 120 steps at 0.1, stages 2-5: 60 at 3e-3). Stage 1 alone
 (german, 60 steps, 6 test frames rendered with their tracked expressions, an ad-hoc script on `train.adapt`):

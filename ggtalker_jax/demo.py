@@ -54,7 +54,8 @@ def run_demo(out_dir: str, seconds: float = 8.0, steps_per_stage: int = 60, prio
     adapt_lib.adapt(subject, workdir, priors_dir, stages, adapt_lib.AdaptConfig(), avatar_config=avatar_cfg,
                     progress=progress)
     times["adapt_s"] = time.perf_counter() - t0
-    print(f"[3/4] adapted (5 stages x {steps_per_stage} steps): {workdir} ({times['adapt_s']:.1f} s)")
+    steps = "+".join(str(s.steps) for s in stages)
+    print(f"[3/4] adapted (5 stages, {steps} steps): {workdir} ({times['adapt_s']:.1f} s)")
 
     t0 = time.perf_counter()
     wav, sr = default_subject.default_driving_audio(seconds=min(seconds, 6.0), seed=seed + 1)
