@@ -11,6 +11,10 @@ clip for the peak-memory target) and reports its peak RSS.
         --steps_per_stage 60 --uv_map_steps 120 --learning_rate 3e-3 --uv_map_learning_rate 0.1 \
         --schedule small] [--loop_to_seconds 300]
 
+`--sweep FLAG=V1,V2,...` repeats each clip's run for every value of one adapt override (a learning-rate sweep,
+`--sweep uv_map_learning_rate=0.03,0.1,0.3`, or a steps-vs-PSNR curve, `--sweep steps_per_stage=30,60,120`);
+the table gets a column for it.
+
 Each run is the CLI as a user runs it (child processes running `ggtalker_jax.cli.main`); note the machine's
 load (`uptime`, printed) next to any wall time.
 
@@ -63,6 +67,9 @@ flags.DEFINE_integer("uv_map_steps", None, "override --uv_map_steps (default: th
 flags.DEFINE_float("learning_rate", None, "override --learning_rate (default: the schedule's)")
 flags.DEFINE_float("uv_map_learning_rate", None, "override --uv_map_learning_rate (default: the schedule's)")
 flags.DEFINE_float("minutes_scale", None, "override --minutes_scale (paper schedule)")
+flags.DEFINE_string("sweep", None, "FLAG=V1,V2,...: one run per value of an adapt override above (e.g. "
+                    "uv_map_learning_rate=0.03,0.1,0.3 or steps_per_stage=30,60,120): a learning-rate sweep or a "
+                    "steps-vs-PSNR curve")
 flags.DEFINE_integer("max_test_frames", None, "evaluate at most this many test frames")
 flags.DEFINE_float("loop_to_seconds", 0.0, "also adapt on the first clip looped to this length (peak memory)")
 flags.DEFINE_integer("loop_steps", 5, "steps per stage of the looped-clip run (memory, not quality)")
@@ -90,16 +97,34 @@ def prepared(clip: pathlib.Path) -> pathlib.Path:
     return out
 
 
-def adapt_flags(steps: int | None = None) -> list[str]:
+ADAPT_OVERRIDES = ("image_size", "uv_resolution", "steps_per_stage", "uv_map_steps", "learning_rate",
+                   "uv_map_learning_rate", "minutes_scale")
+
+
+def adapt_flags(steps: int | None = None, overrides: dict | None = None) -> list[str]:
+    """`ggtalker adapt` flags: the schedule, the overrides given as flags, then `overrides` (a sweep's)."""
     out = ["--schedule", FLAGS.schedule]
-    for name in ("image_size", "uv_resolution", "steps_per_stage", "uv_map_steps", "learning_rate", "uv_map_learning_rate",
-                 "minutes_scale"):
-        value = getattr(FLAGS, name)
+    for name in ADAPT_OVERRIDES:
+        value = (overrides or {}).get(name, getattr(FLAGS, name))
         if name == "steps_per_stage" and steps is not None:
             value = steps
         if value is not None:
             out += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]
     return out
+
+
+def parse_sweep(text: str | None) -> tuple[str | None, list]:
+    """"name=v1,v2" -> (name, [v1, v2]) with values typed as the flag's; (None, [None]) without a sweep."""
+    if not text:
+        return None, [None]
+    name, _, values = text.partition("=")
+    if name not in ADAPT_OVERRIDES or not values:
+        raise app.UsageError(f"--sweep {text!r}: expected FLAG=V1,V2,... with FLAG one of {ADAPT_OVERRIDES}")
+    kind = int if isinstance(FLAGS[name].parser, flags.IntegerParser) else float
+    try:
+        return name, [kind(v) for v in values.split(",")]
+    except ValueError as e:
+        raise app.UsageError(f"--sweep {text!r}: {e}") from e
 
 
 def looped_dataset(src: pathlib.Path, dst: pathlib.Path, seconds: float) -> pathlib.Path:
@@ -138,10 +163,12 @@ def looped_dataset(src: pathlib.Path, dst: pathlib.Path, seconds: float) -> path
     return dst
 
 
-def run_clip(clip: pathlib.Path, out: pathlib.Path) -> dict:
+def run_clip(clip: pathlib.Path, out: pathlib.Path, overrides: dict | None = None) -> dict:
     data = prepared(clip)
-    work, report = out / clip.stem / "workdir", out / clip.stem / "eval"
-    adapt_s, rss = cli("adapt", "--data", str(data), "--workdir", str(work), "--overwrite", *adapt_flags())
+    tag = "".join(f"_{k}_{v:g}" if isinstance(v, float) else f"_{k}_{v}" for k, v in (overrides or {}).items())
+    work, report = out / (clip.stem + tag) / "workdir", out / (clip.stem + tag) / "eval"
+    adapt_s, rss = cli("adapt", "--data", str(data), "--workdir", str(work), "--overwrite",
+                       *adapt_flags(overrides=overrides))
     eval_args = ["eval", "--workdir", str(work), "--out", str(report)]
     if FLAGS.max_test_frames:
         eval_args += ["--max_test_frames", str(FLAGS.max_test_frames)]
@@ -150,13 +177,13 @@ def run_clip(clip: pathlib.Path, out: pathlib.Path) -> dict:
     avatar = json.loads((work / "avatar.json").read_text())["avatar"]
     from ggtalker_jax import avatar as avatar_lib
     static = avatar_lib.AvatarStatic.build(avatar_lib.AvatarConfig.from_dict(avatar))
-    grid = out / f"{clip.stem}_grid.png"
+    grid = out / f"{clip.stem}{tag}_grid.png"
     shutil.copyfile(report / "frame_grid.png", grid)
     return {"clip": clip.stem, "seconds": FLAGS.max_seconds, "image_size": avatar["image_size"],
             "uv_resolution": avatar["uv_resolution"], "gaussians": static.num_gaussians,
             "adapt_s": round(adapt_s, 1), "adapt_peak_rss_gb": round(rss, 2), "psnr": metrics["psnr"],
             "ssim": metrics["ssim"], "lmd": metrics["lmd"], "mouth_corr_real": metrics.get("mouth_corr_real"),
-            "grid": str(grid), "flags": adapt_flags()}
+            "grid": str(grid), "flags": adapt_flags(overrides=overrides), "sweep": overrides or {}}
 
 
 def main(argv):
@@ -171,7 +198,8 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    rows = [run_clip(c, out) for c in clips]
+    sweep_name, sweep_values = parse_sweep(FLAGS.sweep)
+    rows = [run_clip(c, out, None if sweep_name is None else {sweep_name: v}) for c in clips for v in sweep_values]
     result = {"machine": {"cpus": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg()},
               "runs": rows}
     if FLAGS.loop_to_seconds:
@@ -183,12 +211,13 @@ def main(argv):
                                "adapt_s": round(wall, 1), "adapt_peak_rss_gb": round(rss, 2)}
         print(f"long clip ({FLAGS.loop_to_seconds:g} s looped): adapt peak RSS {rss:.2f} GB, {wall:.0f} s")
     head = f"{'clip':<28}{'S':>5}{'R':>5}{'gaussians':>10}{'adapt s':>9}{'RSS GB':>8}{'PSNR':>7}{'SSIM':>7}" \
-           f"{'LMD':>7}{'mouth r':>9}"
+           f"{'LMD':>7}{'mouth r':>9}" + (f"  {sweep_name}" if sweep_name else "")
     print(head)
     for r in rows:
         print(f"{r['clip']:<28}{r['image_size']:>5}{r['uv_resolution']:>5}{r['gaussians']:>10}{r['adapt_s']:>9.0f}"
               f"{r['adapt_peak_rss_gb']:>8.2f}{r['psnr']:>7.2f}{r['ssim']:>7.3f}{r['lmd']:>7.2f}"
-              f"{(r['mouth_corr_real'] if r['mouth_corr_real'] is not None else float('nan')):>9.2f}")
+              f"{(r['mouth_corr_real'] if r['mouth_corr_real'] is not None else float('nan')):>9.2f}"
+              + (f"  {r['sweep'][sweep_name]:g}" if sweep_name else ""))
     result["machine"]["loadavg_end"] = os.getloadavg()
     (out / "bench_fidelity.json").write_text(json.dumps(result, indent=2, default=float))
     print(f"wrote {out / 'bench_fidelity.json'}")
