@@ -44,7 +44,9 @@ def test_adaptation_runs_every_stage_and_freezes_the_rest(adapted):
     root, summary = adapted
     names = [s["name"] for s in summary["stages"]]
     assert names == ["1_uv_map", "2_generator_head", "3_a2e", "4_a2e_generator_head", "5_all"]
-    assert all(s["steps"] == 2 and np.isfinite(s["final"]["loss"]) for s in summary["stages"])
+    assert [s["steps"] for s in summary["stages"]] == [st.steps for st in adapt.small_schedule(2)]
+    assert summary["stages"][0]["steps"] == adapt.UV_MAP_STEPS_FACTOR * 2      # stage 1 runs its own count
+    assert all(np.isfinite(s["final"]["loss"]) for s in summary["stages"])
     assert (root / "workdir" / "avatar.json").exists()
 
 
