@@ -101,15 +101,18 @@ ADAPT_OVERRIDES = ("image_size", "uv_resolution", "steps_per_stage", "uv_map_ste
                    "uv_map_learning_rate", "minutes_scale")
 
 
-def adapt_flags(steps: int | None = None, overrides: dict | None = None) -> list[str]:
-    """`ggtalker adapt` flags: the schedule, the overrides given as flags, then `overrides` (a sweep's)."""
+def flag_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def adapt_flags(overrides: dict | None = None) -> list[str]:
+    """`ggtalker adapt` flags: the schedule and the overrides given as flags, `overrides` (a sweep's, the
+    looped run's) replacing them."""
     out = ["--schedule", FLAGS.schedule]
     for name in ADAPT_OVERRIDES:
         value = (overrides or {}).get(name, getattr(FLAGS, name))
-        if name == "steps_per_stage" and steps is not None:
-            value = steps
         if value is not None:
-            out += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]
+            out += [f"--{name}", flag_text(value)]
     return out
 
 
@@ -165,7 +168,7 @@ def looped_dataset(src: pathlib.Path, dst: pathlib.Path, seconds: float) -> path
 
 def run_clip(clip: pathlib.Path, out: pathlib.Path, overrides: dict | None = None) -> dict:
     data = prepared(clip)
-    tag = "".join(f"_{k}_{v:g}" if isinstance(v, float) else f"_{k}_{v}" for k, v in (overrides or {}).items())
+    tag = "".join(f"_{k}_{flag_text(v)}" for k, v in (overrides or {}).items())
     work, report = out / (clip.stem + tag) / "workdir", out / (clip.stem + tag) / "eval"
     adapt_s, rss = cli("adapt", "--data", str(data), "--workdir", str(work), "--overwrite",
                        *adapt_flags(overrides=overrides))
@@ -206,7 +209,7 @@ def main(argv):
         looped = looped_dataset(prepared(clips[0]), pathlib.Path(FLAGS.cache) / f"{clips[0].stem}_looped",
                                 FLAGS.loop_to_seconds)
         wall, rss = cli("adapt", "--data", str(looped), "--workdir", str(out / "looped_workdir"), "--overwrite",
-                        *adapt_flags(FLAGS.loop_steps))
+                        *adapt_flags({"steps_per_stage": FLAGS.loop_steps}))
         result["long_clip"] = {"seconds": FLAGS.loop_to_seconds, "steps_per_stage": FLAGS.loop_steps,
                                "adapt_s": round(wall, 1), "adapt_peak_rss_gb": round(rss, 2)}
         print(f"long clip ({FLAGS.loop_to_seconds:g} s looped): adapt peak RSS {rss:.2f} GB, {wall:.0f} s")
@@ -217,7 +220,7 @@ def main(argv):
         print(f"{r['clip']:<28}{r['image_size']:>5}{r['uv_resolution']:>5}{r['gaussians']:>10}{r['adapt_s']:>9.0f}"
               f"{r['adapt_peak_rss_gb']:>8.2f}{r['psnr']:>7.2f}{r['ssim']:>7.3f}{r['lmd']:>7.2f}"
               f"{(r['mouth_corr_real'] if r['mouth_corr_real'] is not None else float('nan')):>9.2f}"
-              + (f"  {r['sweep'][sweep_name]:g}" if sweep_name else ""))
+              + (f"  {flag_text(r['sweep'][sweep_name])}" if sweep_name else ""))
     result["machine"]["loadavg_end"] = os.getloadavg()
     (out / "bench_fidelity.json").write_text(json.dumps(result, indent=2, default=float))
     print(f"wrote {out / 'bench_fidelity.json'}")

@@ -54,8 +54,9 @@ def main(argv: list[str]) -> int:
     fv = define_flags()
     cli_flags.no_positional(cli_flags.parse_flags(fv, argv))
     cli_flags.require(fv, "data", "workdir")
+    from ggtalker_jax.errors import UsageError
+
     if not os.path.isdir(fv.data):
-        from ggtalker_jax.errors import UsageError
         raise UsageError(f"--data {fv.data}: no such directory; run `ggtalker prepare --video VIDEO --out DIR` "
                          "first")
     if fv.steps_per_stage is not None:
@@ -63,7 +64,6 @@ def main(argv: list[str]) -> int:
     if fv.uv_map_steps is not None:
         cli_flags.positive("uv_map_steps", fv.uv_map_steps, 1, inclusive=True, integer=True)
         if fv.schedule == "paper":
-            from ggtalker_jax.errors import UsageError
             raise UsageError("--uv_map_steps counts steps of --schedule=small; the paper schedule runs by minutes "
                              "(--minutes_scale)")
     for name in ("image_size", "uv_resolution", "inpainter_size"):

@@ -54,8 +54,9 @@ UNLIMITED_STEPS = 10 ** 9
 # for 2 CPU cores (experiments/bench_fidelity.py); --schedule paper: GGTalker's 512 px avatar, 512 x 512 UV map.
 CPU_IMAGE_SIZE, CPU_UV_RESOLUTION, CPU_STEPS_PER_STAGE, CPU_LEARNING_RATE = 256, 128, 60, 3e-3
 # Stage 1's rate on a CPU: the UV map's per-texel colours, sizes and offsets need large steps to reach the
-# face's detail in 60 steps. Stage 1 alone, german_anchor_20s, test frames with their tracked expressions
-# (2 CPU cores): 3e-3 21.96 dB, 1e-2 24.00, 3e-2 27.95, 1e-1 29.54, 3e-1 27.87 (experiments/bench_fidelity.py).
+# face's detail in a few dozen steps. Stage 1 alone for 60 steps, german_anchor_20s, 6 test frames with their
+# tracked expressions (2 CPU cores, an ad-hoc script on `adapt`): 3e-3 21.96 dB, 1e-2 24.00, 3e-2 27.95,
+# 1e-1 29.54, 3e-1 27.87; the full runs are in experiments/bench_fidelity.py's docstring.
 CPU_UV_MAP_LEARNING_RATE = 0.1
 # Stage 1 runs this many times the other stages' steps on a CPU: a step of it costs ~2/3 of a generator
 # stage's, and it is where the face's detail is learned (stage 1 alone at 0.1, as above: 60 steps 29.54 dB,
